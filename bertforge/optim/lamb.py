@@ -1,0 +1,188 @@
+"""LAMB with apex ``FusedLAMB`` semantics, written with multi-tensor ``torch._foreach_*`` ops.
+
+The algorithm (You et al., "Large Batch Optimization for Deep Learning", 2019, as NVIDIA's
+apex ``multi_tensor_lamb`` kernel implements it), for every parameter tensor ``p`` with
+gradient ``g`` at step ``t`` (``t`` counts *taken* steps, per param group):
+
+1. Global clip, over every gradient of every group: ``n = ||(g_1, ..., g_k)||_2`` and
+   ``g <- g / max(n / max_grad_norm, 1)``. In data-parallel training the gradients are
+   already all-reduced here, so ``n`` is the norm of the global gradient.
+2. Moments: ``m <- b1 m + (1 - b1) g``; ``v <- b2 v + (1 - b2) g^2``.
+3. Adam direction with bias correction:
+   ``u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + wd * p`` (decoupled decay, adam_w_mode).
+4. Trust ratio per tensor, only where weight decay applies (apex's default ``use_nvlamb=False``):
+   ``r = ||p|| / ||u||`` (1 when either norm is 0); ``p <- p - lr * r * u``.
+   Where ``wd == 0`` (biases, LayerNorm): ``p <- p - lr * u``.
+
+A skipped step (fp16 overflow, see :mod:`bertforge.precision`) never reaches :meth:`LAMB.step`
+(``GradScaler.step`` does not call it), so neither moments nor ``t`` advance.
+
+On CUDA, :func:`make_lamb` returns apex's ``FusedLAMB`` when apex is importable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["LAMB", "make_lamb", "global_grad_norm"]
+
+
+def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``grads`` taken together, as a 0-dim fp32 tensor (no host sync).
+
+    Non-finite gradients give a non-finite norm, which is how overflow is detected.
+    """
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)  # one norm per tensor, multi-tensor kernel
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
+class LAMB(torch.optim.Optimizer):
+    """Layer-wise Adaptive Moments optimizer for Batch training (apex FusedLAMB semantics).
+
+    Args:
+        params: parameters or param groups (see :func:`bertforge.optim.param_groups.param_groups`).
+        lr: learning rate.
+        betas: (b1, b2) of the moment averages.
+        eps: added to the denominator (apex default 1e-6).
+        weight_decay: decoupled weight decay of groups that do not set their own.
+        bias_correction: divide the moments by (1 - b^t).
+        max_grad_norm: global gradient clipping threshold; 0 disables clipping.
+        use_nvlamb: apply the trust ratio to every tensor, also those without weight decay.
+
+    ``step(grad_norm=...)`` accepts a precomputed global gradient norm (the training loop
+    computes it anyway to detect overflow and to log it), so it is not computed twice.
+    """
+
+    #: The training loop reads these: LAMB clips internally (the loop must not clip again)
+    #: and its ``step`` takes the loop's precomputed global norm.
+    clips_grad_norm = True
+    accepts_grad_norm = True
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        bias_correction: bool = True,
+        max_grad_norm: float = 1.0,
+        use_nvlamb: bool = False,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"LAMB: invalid learning rate {lr}")
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"LAMB: invalid betas {betas}")
+        if eps <= 0:
+            raise ValueError(f"LAMB: invalid eps {eps}")
+        if max_grad_norm < 0:
+            raise ValueError(f"LAMB: invalid max_grad_norm {max_grad_norm}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, step=0)
+        super().__init__(params, defaults)
+        self.max_grad_norm = float(max_grad_norm)
+        self.use_nvlamb = bool(use_nvlamb)
+
+    @torch.no_grad()
+    def step(self, closure=None, *, grad_norm: torch.Tensor | None = None):
+        """One LAMB update of every parameter that has a gradient.
+
+        Args:
+            closure: optional, re-evaluates the loss (as in ``torch.optim``).
+            grad_norm: the global L2 norm of all gradients, if already known.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        all_grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not all_grads:
+            return loss
+        for g in all_grads:
+            if g.is_sparse:
+                raise RuntimeError("LAMB does not support sparse gradients")
+
+        # 1. Global clipping divisor max(n / max_norm, 1), a 0-dim tensor: no host sync.
+        clip_div = None
+        if self.max_grad_norm > 0:
+            if grad_norm is None:
+                grad_norm = global_grad_norm(all_grads)
+            clip_div = torch.clamp(grad_norm.to(all_grads[0].device) / self.max_grad_norm, min=1.0)
+
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            group["step"] += 1
+            t = group["step"]
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            bc1 = 1.0 - beta1**t if group["bias_correction"] else 1.0
+            bc2 = 1.0 - beta2**t if group["bias_correction"] else 1.0
+
+            exp_avgs, exp_avg_sqs = [], []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+
+            grads = [p.grad for p in params]
+            if clip_div is not None:
+                grads = torch._foreach_div(grads, clip_div)  # clipped copies; p.grad untouched
+
+            # 2. Moments.
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+            del grads
+
+            # 3. Update direction u = m_hat / (sqrt(v_hat) + eps) + wd * p.
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, math.sqrt(bc2))
+            torch._foreach_add_(denom, eps)
+            update = torch._foreach_div(exp_avgs, denom)
+            del denom
+            if bc1 != 1.0:
+                torch._foreach_div_(update, bc1)
+            if wd != 0:
+                torch._foreach_add_(update, params, alpha=wd)
+
+            # 4. Per-tensor trust ratio ||p|| / ||u|| (1 where a norm is 0), only with decay.
+            if self.use_nvlamb or wd != 0:
+                p_norm = torch.stack(torch._foreach_norm(params))
+                u_norm = torch.stack(torch._foreach_norm(update))
+                ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm,
+                                    torch.ones_like(p_norm))
+                torch._foreach_mul_(update, list(ratio.unbind()))
+            torch._foreach_add_(params, update, alpha=-lr)
+        return loss
+
+
+def make_lamb(params, **kwargs) -> torch.optim.Optimizer:
+    """apex ``FusedLAMB`` when importable and the parameters are on CUDA, else :class:`LAMB`.
+
+    ``kwargs`` are LAMB's (lr, betas, eps, weight_decay, bias_correction, max_grad_norm,
+    use_nvlamb); FusedLAMB takes the same names.
+    """
+    params = list(params)
+    first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
+    if first.is_cuda:
+        try:
+            from apex.optimizers import FusedLAMB  # type: ignore[import-not-found]
+        except ImportError:
+            FusedLAMB = None
+        if FusedLAMB is not None:
+            opt = FusedLAMB(params, **kwargs)
+            # FusedLAMB clips inside its kernel with its own max_grad_norm.
+            opt.clips_grad_norm = True
+            return opt
+    return LAMB(params, **kwargs)
