@@ -1,0 +1,93 @@
+"""Atomic file output: write to a temporary name beside the target, rename when complete.
+
+A crash (or kill -9) mid-write leaves at most a ``.tmp-*`` file, never a half file under
+the final name. ``os.replace`` is atomic on POSIX within one filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bertforge.errors import UserError
+
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "ensure_dir", "fsync_dir"]
+
+
+def ensure_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Create ``path`` (and parents); a clear UserError when that is impossible."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{what} {p} exists and is not a directory") from None
+    except OSError as e:
+        raise UserError(f"cannot create {what} {p}: {e.strerror}") from None
+    if not os.access(p, os.W_OK):
+        raise UserError(f"{what} {p} is not writable")
+    return p
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so a rename inside it survives a power loss (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it to ``final``.
+
+    On an exception the temporary file is removed and the exception propagates, so
+    the final name only ever holds a complete file. Errors of the filesystem (no
+    space, no permission) become one-line UserErrors naming the file.
+    """
+    final = Path(final)
+    parent = final.parent if str(final.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=parent)
+        os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write {final}: {e.strerror}") from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if fsync and tmp_path.exists():
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+        if fsync:
+            fsync_dir(parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise UserError(f"cannot write {final}: {e.strerror}") from None
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(final: str | os.PathLike, text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(final: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    atomic_write_text(final, json.dumps(obj, indent=indent) + "\n")

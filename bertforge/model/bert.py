@@ -1,0 +1,455 @@
+"""BERT in one readable file, with Hugging Face module and parameter names.
+
+Checkpoints move freely between this model, ``transformers`` and NVIDIA's BERT because the
+module tree is the same (``bert.encoder.layer.0.attention.self.query.weight`` ...).
+
+Dimension legend used in shape comments:
+    B batch, L sequence length, H hidden size, nh attention heads, hd head size (H / nh),
+    I intermediate (feed-forward) size, V (padded) vocabulary size, T real (non-padding)
+    tokens in the batch, M masked positions in the batch, P masked positions per sequence.
+
+Two fast paths, both exact up to float reassociation (parity tests in tests/unit):
+* Unpadding: when the batch holds padding, every position-wise layer (embeddings, projections,
+  feed-forward, LayerNorm) runs on the T real tokens only; only attention sees the padded
+  [B, nh, L, hd] layout. Outputs at padding positions are zeros instead of the meaningless
+  values a padded computation produces.
+* Masked-only MLM head (NVIDIA's dense_sequence_output): with labels or positions the
+  768 x V decoder runs on the M masked tokens only.
+
+This module imports only torch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "BertModel",
+    "BertForPreTraining",
+    "BertForMaskedLM",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertPreTrainedModel",
+    "pretraining_loss",
+    "IGNORE_INDEX",
+]
+
+IGNORE_INDEX = -1
+"""Label value of positions that are not masked (NVIDIA uses -1; HF's -100 is accepted too)."""
+
+
+def _activation(name: str):
+    if name in ("gelu", "bias_gelu"):
+        return lambda x: F.gelu(x)  # exact erf GELU, as in Google's and HF's checkpoints
+    if name in ("gelu_tanh", "gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    if name == "tanh":
+        return torch.tanh
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class _Packing:
+    """Index bookkeeping for running position-wise layers on real tokens only.
+
+    ``indices`` [T] are the flat positions (b * L + l) of real tokens in row-major order.
+    ``None`` fields mean the batch has no padding and tensors stay in [B, L, ...] layout.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor | None, batch: int, length: int, unpad: bool):
+        self.batch, self.length = batch, length
+        self.indices: torch.Tensor | None = None
+        self.key_mask: torch.Tensor | None = None  # [B, 1, 1, L] bool, True = attend
+        if attention_mask is None:
+            return
+        mask = attention_mask.bool()
+        if bool(mask.all()):  # one host sync per forward; lets full batches skip all masking
+            return
+        self.key_mask = mask[:, None, None, :]
+        if unpad:
+            self.indices = mask.flatten().nonzero().squeeze(1)  # [T]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, ...] -> [T, ...] (or [B*L, ...] when not unpadding)."""
+        x = x.reshape(self.batch * self.length, *x.shape[2:])
+        return x if self.indices is None else x.index_select(0, self.indices)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, ...] -> [B, L, ...] with zeros at padding positions."""
+        if self.indices is not None:
+            out = x.new_zeros(self.batch * self.length, *x.shape[1:])
+            x = out.index_copy(0, self.indices, x)
+        return x.view(self.batch, self.length, *x.shape[1:])
+
+    def rows_of(self, flat_positions: torch.Tensor) -> torch.Tensor:
+        """Rows of the packed tensor holding the given flat (b * L + l) positions."""
+        if self.indices is None:
+            return flat_positions
+        lookup = torch.full((self.batch * self.length,), -1, dtype=torch.long,
+                            device=flat_positions.device)
+        lookup[self.indices] = torch.arange(self.indices.numel(), device=lookup.device)
+        return lookup[flat_positions]
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size, padding_idx=0)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        """input_ids, token_type_ids [B, L] -> packed embeddings [T, H]."""
+        B, L = input_ids.shape
+        position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
+        ids = packing.pack(input_ids)  # [T]
+        x = (self.word_embeddings(ids)
+             + self.position_embeddings(packing.pack(position_ids))
+             + self.token_type_embeddings(packing.pack(token_type_ids)))  # [T, H]
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head attention; Q, K and V are computed by one fused GEMM (the three weights
+    are concatenated on the fly, so the parameters keep HF's separate names)."""
+
+    def __init__(self, config):
+        super().__init__()
+        H = config.hidden_size
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.head_dim
+        self.query = nn.Linear(H, H)
+        self.key = nn.Linear(H, H)
+        self.value = nn.Linear(H, H)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        """x [T, H] -> context [T, H]."""
+        nh, hd = self.num_attention_heads, self.attention_head_size
+        w = torch.cat([self.query.weight, self.key.weight, self.value.weight], 0)  # [3H, H]
+        b = torch.cat([self.query.bias, self.key.bias, self.value.bias], 0)  # [3H]
+        qkv = packing.unpack(F.linear(x, w, b))  # [B, L, 3H]
+        B, L = qkv.shape[:2]
+        qkv = qkv.view(B, L, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, B, nh, L, hd]
+        ctx = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=packing.key_mask,
+            dropout_p=self.dropout_prob if self.training else 0.0)  # [B, nh, L, hd]
+        return packing.pack(ctx.transpose(1, 2).reshape(B, L, nh * hd))  # [T, H]
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        return self.output(self.self(x, packing), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = _activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(x))  # [T, I]
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        a = self.attention(x, packing)  # [T, H]
+        return self.output(self.intermediate(a), a)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+        """Recompute each layer's activations in backward (NVIDIA's --checkpoint_activations)."""
+
+    def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, packing, use_reentrant=False)
+            else:
+                x = layer(x, packing)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """cls_hidden [B, H] (the [CLS] token's state) -> pooled [B, H]."""
+        return self.activation(self.dense(cls_hidden))
+
+
+class BertPreTrainedModel(nn.Module):
+    """Weight initialisation as in Google's BERT: N(0, initializer_range), zero biases."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():  # biases that are bare parameters
+            if isinstance(m, BertLMPredictionHead):
+                nn.init.zeros_(m.bias)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the MLM decoder weight with the word embeddings (both [V, H])."""
+        head = getattr(self, "cls", None)
+        if head is not None and hasattr(self, "bert"):
+            head.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def set_unpad(self, enabled: bool) -> None:
+        """Toggle the unpadded fast path (on by default)."""
+        bert = self if isinstance(self, BertModel) else self.bert
+        bert.unpad = enabled
+
+
+class BertModel(BertPreTrainedModel):
+    """The encoder. forward -> (sequence_output [B, L, H], pooled_output [B, H] or None)."""
+
+    def __init__(self, config, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.unpad = True
+        if type(self) is BertModel:
+            self.init_weights()
+
+    def encode(self, input_ids, token_type_ids=None, attention_mask=None):
+        """Run embeddings and encoder; returns (packed hidden [T, H], packing)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        if L > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {L} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        packing = _Packing(attention_mask, B, L, self.unpad)
+        x = self.embeddings(input_ids, token_type_ids, packing)
+        return self.encoder(x, packing), packing
+
+    def pool(self, hidden: torch.Tensor, packing: _Packing) -> torch.Tensor | None:
+        if self.pooler is None:
+            return None
+        # Row of each sequence's first token ([CLS]) in the packed layout.
+        first = torch.arange(packing.batch, device=hidden.device) * packing.length
+        return self.pooler(hidden.index_select(0, packing.rows_of(first)))
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        hidden, packing = self.encode(input_ids, token_type_ids, attention_mask)
+        return packing.unpack(hidden), self.pool(hidden, packing)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = _activation(config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
+        self.decoder.bias = self.bias  # one parameter under both of HF's names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x))  # [..., V]
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+    def forward(self, x):
+        return self.predictions(x)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, sequence_output, pooled_output):
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+def _masked_rows(masked_lm_labels: torch.Tensor) -> torch.Tensor:
+    """Flat positions (b * L + l) whose label is not ignored, row-major. labels [B, L] -> [M]."""
+    labels = masked_lm_labels.flatten()
+    return ((labels != IGNORE_INDEX) & (labels != -100)).nonzero().squeeze(1)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with the MLM and NSP heads.
+
+    forward(input_ids [B, L], token_type_ids, attention_mask, masked_lm_labels=None,
+    masked_lm_positions=None) -> (prediction_scores, seq_relationship_score [B, 2]) where
+    prediction_scores is
+      [M, V]    over the masked positions (labels != -1) when masked_lm_labels [B, L] is given,
+      [B, P, V] at masked_lm_positions [B, P] when those are given,
+      [B, L, V] otherwise.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                masked_lm_labels=None, masked_lm_positions=None):
+        hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)  # [T, H]
+        pooled = self.bert.pool(hidden, packing)  # [B, H]
+        B, L = input_ids.shape
+        if masked_lm_labels is not None:
+            rows = packing.rows_of(_masked_rows(masked_lm_labels))
+            scores = self.cls.predictions(hidden.index_select(0, rows))  # [M, V]
+        elif masked_lm_positions is not None:
+            P = masked_lm_positions.shape[1]
+            flat = (masked_lm_positions.long()
+                    + torch.arange(B, device=input_ids.device)[:, None] * L).flatten()  # [B*P]
+            # Padding positions (0) point at [CLS], a real token, so rows_of never returns -1.
+            scores = self.cls.predictions(hidden.index_select(0, packing.rows_of(flat)))
+            scores = scores.view(B, P, -1)  # [B, P, V]
+        else:
+            scores = self.cls.predictions(packing.unpack(hidden))  # [B, L, V]
+        return scores, self.cls.seq_relationship(pooled)
+
+
+def pretraining_loss(prediction_scores: torch.Tensor, seq_relationship_score: torch.Tensor,
+                     masked_lm_labels: torch.Tensor, next_sentence_labels: torch.Tensor | None):
+    """MLM + NSP cross-entropy, as NVIDIA's BertPretrainingCriterion.
+
+    masked_lm_labels: [B, L] with -1 (or -100) where not masked; with [M, V] scores the
+    labels are compacted in the same row-major order the model gathered them; with [B, P, V]
+    scores pass [B, P] labels (-1 at padding). Returns (total, mlm_loss, nsp_loss).
+    """
+    labels = masked_lm_labels.long()
+    if prediction_scores.dim() == 2:
+        labels = labels.flatten().index_select(0, _masked_rows(labels))  # [M]
+    else:
+        labels = labels.reshape(-1).masked_fill(labels.reshape(-1) == -100, IGNORE_INDEX)
+        prediction_scores = prediction_scores.reshape(-1, prediction_scores.shape[-1])
+    mlm = F.cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)
+    if next_sentence_labels is None:
+        return mlm, mlm, torch.zeros_like(mlm)
+    nsp = F.cross_entropy(seq_relationship_score.float().view(-1, 2), next_sentence_labels.long().view(-1))
+    return mlm + nsp, mlm, nsp
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """MLM head only (fill-mask). forward -> prediction_scores [B, L, V]."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)
+        return self.cls(packing.unpack(hidden))
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Span extraction. forward -> (start_logits [B, L], end_logits [B, L]).
+    Logits at padding positions carry no meaning; decoders look at context tokens only."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)  # [T, H]
+        logits = packing.unpack(self.qa_outputs(hidden))  # [B, L, 2]
+        start, end = logits.unbind(-1)
+        return start.contiguous(), end.contiguous()
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """[CLS] classification/regression. forward -> logits [B, num_labels]."""
+
+    def __init__(self, config, num_labels: int = 2):
+        super().__init__(config)
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+        hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)
+        return self.classifier(self.dropout(self.bert.pool(hidden, packing)))
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

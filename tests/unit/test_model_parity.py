@@ -1,0 +1,212 @@
+"""Our model against transformers with the same random weights (fp32, eval, padding in the batch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from bertforge.config import ModelConfig
+from bertforge.model.bert import (
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertModel,
+    pretraining_loss,
+)
+
+TOL = 1e-5
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=96, max_position_embeddings=64, hidden_dropout_prob=0.1,
+                attention_probs_dropout_prob=0.1)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def hf_twin(ours, hf_cls, **kw):
+    """An HF model holding exactly our weights (strict load both ways)."""
+    hf = hf_cls(transformers.BertConfig(**ours.config.to_hf_dict(), **kw)).eval()
+    hf.load_state_dict(ours.state_dict(), strict=True)
+    return hf
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    B, L = 4, 24
+    ids = torch.randint(1, 101, (B, L), generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 17:] = 0
+    mask[2, 5:] = 0
+    mask[3, 23:] = 0
+    ids = ids * mask  # [PAD] = 0 at padding
+    tt = torch.zeros(B, L, dtype=torch.long)
+    tt[:, 9:] = 1
+    tt = tt * mask
+    return ids, tt, mask
+
+
+def max_diff(a, b, mask=None):
+    d = (a - b).abs()
+    if mask is not None:
+        d = d[mask.bool()]
+    return d.max().item()
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+def test_bert_model_parity(batch, unpad, act):
+    torch.manual_seed(1)
+    ours = BertModel(tiny_config(hidden_act=act)).eval()
+    ours.set_unpad(unpad)
+    hf = hf_twin(ours, transformers.BertModel)
+    ids, tt, mask = batch
+    with torch.no_grad():
+        seq, pooled = ours(ids, tt, mask)
+        ref = hf(input_ids=ids, token_type_ids=tt, attention_mask=mask)
+    # Padding positions carry no meaning: unpadded runs return zeros there, HF garbage.
+    assert max_diff(seq, ref.last_hidden_state, mask if unpad else None) <= TOL
+    assert max_diff(pooled, ref.pooler_output) <= TOL
+    if unpad:
+        assert seq[~mask.bool()].abs().max() == 0
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+def test_pretraining_heads_parity_full_and_masked_only(batch, unpad):
+    torch.manual_seed(2)
+    ours = BertForPreTraining(tiny_config()).eval()
+    ours.set_unpad(unpad)
+    hf = hf_twin(ours, transformers.BertForPreTraining)
+    ids, tt, mask = batch
+    labels = torch.full_like(ids, -1)
+    labels[0, [1, 4, 7]] = ids[0, [1, 4, 7]]
+    labels[2, [2, 3]] = ids[2, [2, 3]]
+    labels[3, 20] = 5
+    with torch.no_grad():
+        full, nsp = ours(ids, tt, mask)
+        masked, nsp2 = ours(ids, tt, mask, masked_lm_labels=labels)
+        positions = torch.tensor([[1, 4, 7], [0, 0, 0], [2, 3, 0], [20, 0, 0]])
+        at_pos, _ = ours(ids, tt, mask, masked_lm_positions=positions)
+        ref = hf(input_ids=ids, token_type_ids=tt, attention_mask=mask)
+    assert max_diff(full, ref.prediction_logits, mask) <= TOL
+    assert max_diff(nsp, ref.seq_relationship_logits) <= TOL
+    assert max_diff(nsp2, ref.seq_relationship_logits) <= TOL
+    sel = labels != -1
+    assert masked.shape == (int(sel.sum()), 101)
+    assert max_diff(masked, ref.prediction_logits[sel]) <= TOL
+    gathered = ref.prediction_logits[torch.arange(4)[:, None], positions]
+    pos_mask = torch.zeros(4, 3, dtype=torch.bool)
+    pos_mask[0] = True
+    pos_mask[2, :2] = True
+    pos_mask[3, 0] = True
+    assert max_diff(at_pos, gathered, pos_mask) <= TOL
+
+    # The loss on the masked-only scores equals HF's loss on full scores with -100 labels.
+    nsl = torch.tensor([0, 1, 0, 1])
+    total, mlm, nspl = pretraining_loss(masked, nsp2, labels, nsl)
+    hf_labels = labels.masked_fill(labels == -1, -100)
+    with torch.no_grad():
+        ref_loss = hf(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=hf_labels,
+                      next_sentence_label=nsl).loss
+    assert abs(total.item() - ref_loss.item()) <= 1e-5
+
+
+def test_qa_and_classification_parity(batch):
+    ids, tt, mask = batch
+    torch.manual_seed(3)
+    qa = BertForQuestionAnswering(tiny_config()).eval()
+    hf_qa = hf_twin(qa, transformers.BertForQuestionAnswering)
+    with torch.no_grad():
+        s, e = qa(ids, tt, mask)
+        ref = hf_qa(input_ids=ids, token_type_ids=tt, attention_mask=mask)
+    assert max_diff(s, ref.start_logits, mask) <= TOL
+    assert max_diff(e, ref.end_logits, mask) <= TOL
+
+    torch.manual_seed(4)
+    clf = BertForSequenceClassification(tiny_config(), num_labels=3).eval()
+    hf_clf = hf_twin(clf, transformers.BertForSequenceClassification, num_labels=3)
+    with torch.no_grad():
+        logits = clf(ids, tt, mask)
+        ref = hf_clf(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits
+    assert logits.shape == (4, 3)
+    assert max_diff(logits, ref) <= TOL
+
+
+def test_masked_lm_parity(batch):
+    ids, tt, mask = batch
+    torch.manual_seed(5)
+    mlm = BertForMaskedLM(tiny_config()).eval()
+    hf = hf_twin(mlm, transformers.BertForMaskedLM)
+    with torch.no_grad():
+        assert max_diff(mlm(ids, tt, mask), hf(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits,
+                        mask) <= TOL
+
+
+def test_weights_are_tied_and_gradients_flow():
+    torch.manual_seed(6)
+    m = BertForPreTraining(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    assert m.cls.predictions.decoder.weight is m.bert.embeddings.word_embeddings.weight
+    ids = torch.randint(1, 101, (8, 16))
+    labels = torch.full_like(ids, -1)
+    labels[:, 3] = ids[:, 3]
+    labels[:, 9] = ids[:, 9]
+    inputs = ids.clone()
+    inputs[:, [3, 9]] = 100
+    nsl = torch.randint(0, 2, (8,))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        scores, nsp = m(inputs, masked_lm_labels=labels)
+        total, mlm, _ = pretraining_loss(scores, nsp, labels, nsl)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(mlm.item())
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_gradient_checkpointing_same_gradients(batch):
+    ids, tt, mask = batch
+    torch.manual_seed(7)
+    cfg = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    a = BertForPreTraining(cfg)
+    b = BertForPreTraining(cfg)
+    b.load_state_dict(a.state_dict())
+    b.bert.encoder.gradient_checkpointing = True
+    for m in (a, b):
+        m.train()
+        s, n = m(ids, tt, mask)
+        (s.square().mean() + n.square().mean()).backward()
+    for (k, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), k
+
+
+def test_unpadded_training_matches_padded_gradients(batch):
+    """The unpadded fast path gives the same gradients as the padded computation."""
+    ids, tt, mask = batch
+    torch.manual_seed(8)
+    cfg = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    a = BertForPreTraining(cfg)
+    b = BertForPreTraining(cfg)
+    b.load_state_dict(a.state_dict())
+    b.set_unpad(False)
+    labels = torch.full_like(ids, -1)
+    labels[0, 2] = 7
+    labels[1, 10] = 9
+    nsl = torch.tensor([0, 1, 1, 0])
+    for m in (a, b):
+        s, n = m(ids, tt, mask, masked_lm_labels=labels)
+        pretraining_loss(s, n, labels, nsl)[0].backward()
+    for (k, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), k
+
+
+def test_sequence_too_long_is_refused():
+    m = BertModel(tiny_config(max_position_embeddings=16))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        m(torch.ones(1, 17, dtype=torch.long))
