@@ -1,0 +1,149 @@
+"""Training checkpoints: atomic save, keep-last-k, safe load, exact-resume RNG state.
+
+A pretraining checkpoint ``<output_dir>/ckpt_<N>.pt`` (``N`` = the global step, NVIDIA's
+naming; in phase 2, ``N = phase1_end_step + step``) is one torch file holding a dict::
+
+    model         state_dict with HF/NVIDIA parameter names
+    optimizer     optimizer.state_dict()
+    grad_scaler   GradScaler state (fp16) or {}
+    lr_scheduler  scheduler.state_dict()
+    step          optimizer steps taken in this phase
+    phase         1 or 2
+    global_step   N
+    data          the data loader's position (its state_dict)
+    rng           torch / numpy / python / cuda generator states (per rank)
+    config        the bert_config dict
+    args          the run's arguments (plain values, for the record)
+
+Files are written to a temporary name and renamed (a kill -9 mid-write leaves the previous
+checkpoint intact and at most a ``.ckpt_<N>.pt.tmp-*`` file, removed by the next save).
+They are read with ``torch.load(weights_only=True)``: a file whose unpickling would run code
+is refused with a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertforge.errors import CheckpointError
+from bertforge.io import atomic_path
+
+__all__ = ["save_checkpoint", "load_checkpoint", "find_latest", "list_checkpoints",
+           "prune_checkpoints", "checkpoint_name", "capture_rng_state", "restore_rng_state"]
+
+_CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+def checkpoint_name(global_step: int) -> str:
+    return f"ckpt_{int(global_step)}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(N, path)`` of every ``ckpt_<N>.pt`` in ``directory``, by increasing ``N``."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_latest(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint with the largest step in ``directory``, or None."""
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` newest checkpoints (and stale temp files); return the deleted."""
+    removed = []
+    d = Path(directory)
+    if keep_last > 0:
+        for _, p in list_checkpoints(d)[:-keep_last]:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    for p in d.glob(".ckpt_*.pt.tmp-*"):  # left by a writer that was killed
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return removed
+
+
+def save_checkpoint(path: str | os.PathLike, *, keep_last: int | None = None, **state: Any) -> Path:
+    """Write ``state`` to ``path`` atomically; then keep only the ``keep_last`` newest checkpoints.
+
+    Args:
+        path: the final file name (``<dir>/ckpt_<N>.pt`` for pruning to apply).
+        keep_last: number of ``ckpt_*.pt`` files to keep in ``path``'s directory (None: all).
+        **state: the checkpoint dict (tensors, state_dicts and plain Python values).
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    if keep_last is not None:
+        prune_checkpoints(path.parent, keep_last)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated/corrupt, not a dict, or would need
+            arbitrary code to unpickle.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"checkpoint {p} contains pickled objects that would run code when loaded; "
+                "refusing to load it (only tensors and plain values are allowed)") from None
+        raise CheckpointError(f"checkpoint {p} cannot be read (truncated or corrupt?): {msg}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+# -- RNG state for exact resume -------------------------------------------------------------
+def capture_rng_state() -> dict:
+    """Every generator a training step may draw from, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]),
+                   "gauss_next": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Restore what :func:`capture_rng_state` captured."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,1 @@
+"""Training: the shared optimizer step (loop.py) and the pretraining trainer (pretrain.py)."""

@@ -1,0 +1,126 @@
+"""TrainStep: accumulation math, clipping, fp16 skipped steps, scheduler order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bertforge.errors import ConfigError
+from bertforge.optim import PolyWarmUpScheduler, build_optimizer
+from bertforge.precision import Precision
+from bertforge.train.loop import StepResult, TrainStep
+
+
+def _toy(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.LayerNorm(16),
+                               torch.nn.Linear(16, 1))
+
+
+def _loss(model, batch):
+    return torch.nn.functional.mse_loss(model(batch["x"]).squeeze(-1), batch["y"])
+
+
+def _data(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(n, 8, generator=g), "y": torch.randn(n, generator=g) * 3}
+
+
+@pytest.mark.parametrize("opt_name", ["lamb", "adamw", "bertadam"])
+def test_accumulation_equals_one_big_batch(opt_name):
+    data = _data(8)
+    results = []
+    for accum in (1, 4):
+        model = _toy()
+        opt = build_optimizer(model, opt_name, lr=0.05)
+        sched = PolyWarmUpScheduler(opt, warmup=0.0, total_steps=10)
+        ts = TrainStep(model, opt, sched, Precision.from_flags(False, False, "cpu"),
+                       accumulation_steps=accum, max_grad_norm=1.0)
+        micro = [{k: v[i * (8 // accum):(i + 1) * (8 // accum)]
+                  for k, v in data.items()} for i in range(accum)]
+        for _ in range(3):
+            r = ts.step(micro, _loss)
+        results.append((r.loss, [p.detach().clone() for p in model.parameters()]))
+    (l1, p1), (l4, p4) = results
+    assert abs(l1 - l4) < 1e-5 * max(1.0, abs(l1))
+    # Adam-type updates magnify float reassociation of near-zero gradients: lr 0.05 x 3 steps
+    for a, b in zip(p1, p4):
+        assert torch.allclose(a, b, rtol=1e-5, atol=2e-5), (a - b).abs().max()
+
+
+def test_clipping_caps_the_update_and_reports_the_unclipped_norm():
+    model = _toy()
+    opt = build_optimizer(model, "adamw", lr=0.0)  # lr 0: only look at the grads
+    ts = TrainStep(model, opt, None, Precision.from_flags(False, False, "cpu"), max_grad_norm=0.5)
+    seen = {}
+    orig = opt.step
+
+    def spy(*a, **k):
+        seen["norm"] = torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in model.parameters()])).item()
+        return orig(*a, **k)
+
+    opt.step = spy
+    big = {"x": torch.randn(4, 8) * 100, "y": torch.full((4,), 1e3)}
+    r = ts.step([big], _loss)
+    assert r.grad_norm > 0.5
+    assert seen["norm"] == pytest.approx(0.5, rel=1e-5)
+    assert isinstance(r, StepResult) and r.skipped is False and r.loss_scale is None
+
+
+def test_lamb_threshold_must_match():
+    model = _toy()
+    opt = build_optimizer(model, "lamb", lr=0.01, max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="clips at"):
+        TrainStep(model, opt, None, Precision.from_flags(False, False, "cpu"), max_grad_norm=2.0)
+
+
+def test_fp16_overflow_skips_step_and_schedule():
+    model = _toy()
+    opt = build_optimizer(model, "lamb", lr=0.01)
+    sched = PolyWarmUpScheduler(opt, warmup=0.5, total_steps=10)
+    # fp16 is CUDA-only for users; the loop logic is tested with a CPU GradScaler.
+    prec = Precision("fp16", torch.device("cpu"), torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    ts = TrainStep(model, opt, sched, prec, accumulation_steps=2)
+    good = _data(4)
+    bad = {"x": good["x"].clone(), "y": good["y"].clone()}
+    bad["y"][0] = float("inf")
+    r1 = ts.step([good, good], _loss)
+    assert not r1.skipped and sched.last_epoch == 1 and opt.param_groups[0]["step"] == 1
+    before = [p.detach().clone() for p in model.parameters()]
+    r2 = ts.step([good, bad], _loss)
+    assert r2.skipped and ts.skipped_steps == 1
+    assert sched.last_epoch == 1 and opt.param_groups[0]["step"] == 1
+    assert r2.loss_scale == 2.0**7
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    r3 = ts.step([good, good], _loss)
+    assert not r3.skipped and sched.last_epoch == 2
+
+
+def test_precision_flags():
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        Precision.from_flags(True, False, "cpu")
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        Precision.from_flags(True, True, "cpu")
+    p = Precision.from_flags(False, True, "cpu")
+    assert p.name == "bf16" and p.scaler is None
+    with p.autocast():
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
+
+
+def test_poly_schedule_values():
+    model = _toy()
+    opt = build_optimizer(model, "lamb", lr=1.0)
+    s = PolyWarmUpScheduler(opt, warmup=0.2, total_steps=10)
+    assert opt.param_groups[0]["lr"] == 0.0
+    lrs = []
+    for _ in range(10):
+        s.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx((1 - 0.2) ** 0.5)
+    assert lrs[-1] == 0.0
+    s2 = PolyWarmUpScheduler(build_optimizer(_toy(), "lamb", lr=1.0), warmup=0.2, total_steps=10)
+    s2.load_state_dict(s.state_dict())
+    assert s2.get_last_lr() == s.get_last_lr()
