@@ -1,0 +1,117 @@
+"""WordPiece vocabularies: read and validate a ``vocab.txt``, or train one with HF ``tokenizers``.
+
+A vocab file is Google's format: one token per line, the line number is the id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from bertforge.errors import DataError
+from bertforge.io import atomic_path
+
+__all__ = ["SPECIAL_TOKENS", "load_vocab", "train_wordpiece_vocab", "write_vocab"]
+
+#: The five special tokens BERT pretraining needs, in Google's order of ids 0, 100-103.
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def load_vocab(
+    vocab_file: str | os.PathLike, required: Sequence[str] = ("[UNK]",)
+) -> OrderedDict[str, int]:
+    """Read ``vocab_file`` into an ordered ``token -> id`` map, validating it.
+
+    Raises DataError (naming the file and line) when the file is missing, empty, not
+    UTF-8, has an empty line, a token with whitespace, a duplicate token, or lacks one
+    of ``required``.
+    """
+    path = Path(vocab_file)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"vocab file {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"vocab file {path} is a directory") from None
+    except OSError as e:
+        raise DataError(f"cannot read vocab file {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"vocab file {path} is not UTF-8 (byte {e.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise DataError(f"vocab file {path} is empty")
+    vocab: OrderedDict[str, int] = OrderedDict()
+    for i, line in enumerate(lines):
+        token = line.rstrip("\r")
+        if not token.strip():
+            raise DataError(f"vocab file {path}: line {i + 1} is empty")
+        if token != token.strip() or any(c.isspace() for c in token):
+            raise DataError(f"vocab file {path}: line {i + 1} holds whitespace ({token!r})")
+        if token in vocab:
+            raise DataError(f"vocab file {path}: token {token!r} appears twice (lines "
+                            f"{vocab[token] + 1} and {i + 1})")
+        vocab[token] = i
+    missing = [t for t in required if t not in vocab]
+    if missing:
+        raise DataError(f"vocab file {path} lacks the special token(s) {', '.join(missing)}")
+    return vocab
+
+
+def write_vocab(tokens: Iterable[str], out_path: str | os.PathLike) -> Path:
+    """Write tokens (in id order) to ``out_path``, one per line, atomically."""
+    out = Path(out_path)
+    with atomic_path(out) as tmp:
+        tmp.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    return out
+
+
+def train_wordpiece_vocab(
+    files: Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    *,
+    vocab_size: int = 30522,
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+) -> int:
+    """Train a WordPiece vocabulary with HF ``tokenizers`` and write it as ``vocab.txt``.
+
+    ``files`` are text files (one sentence per line). ``lowercase`` also strips accents,
+    as Google's uncased models do; cased vocabularies keep both. Returns the number of
+    tokens written (at most ``vocab_size``; a small corpus can give fewer).
+    """
+    from tokenizers import BertWordPieceTokenizer
+
+    paths = [str(f) for f in files]
+    if not paths:
+        raise DataError("no text files to train a vocabulary on")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise DataError(f"text file {p} does not exist")
+    if vocab_size < len(special_tokens) + 1:
+        raise DataError(f"--vocab_size {vocab_size} is too small")
+    tok = BertWordPieceTokenizer(
+        lowercase=lowercase, strip_accents=lowercase, clean_text=True, handle_chinese_chars=True
+    )
+    tok.train(
+        paths,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        limit_alphabet=limit_alphabet,
+        special_tokens=list(special_tokens),
+        wordpieces_prefix="##",
+        show_progress=False,
+    )
+    vocab = tok.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    if len(tokens) <= len(special_tokens):
+        raise DataError(f"the text in {paths[0]}... is empty: no vocabulary learned")
+    write_vocab(tokens, out_path)
+    return len(tokens)

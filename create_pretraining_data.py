@@ -1,0 +1,3 @@
+from bertforge.cli.create_pretraining_data import main
+
+main()
