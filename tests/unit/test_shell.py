@@ -1,7 +1,7 @@
 """shellcheck over every shell script in the repository (Debian's `shellcheck` package).
 
-"Every script" = every file git would track (tracked or untracked, .gitignore respected)
-that is named *.sh / *.sub or starts with a sh/bash shebang. Installs shellcheck with
+"Every script" = every file git would track (tracked or untracked, .gitignore respected,
+virtual environments skipped) that is named *.sh / *.sub or starts with a sh/bash shebang. Installs shellcheck with
 apt-get when it is missing and we are root; skips (with the reason) otherwise.
 """
 
@@ -24,10 +24,12 @@ def shell_scripts() -> list[Path]:
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=REPO, capture_output=True, check=True,
     ).stdout.decode()
+    # virtual environments that .gitignore does not cover (e.g. a second venv) are not ours
+    venvs = {p.parent.name for p in REPO.glob("*/pyvenv.cfg")}
     found = []
     for rel in sorted(set(filter(None, out.split("\0")))):
         path = REPO / rel
-        if not path.is_file():
+        if rel.split("/")[0] in venvs or not path.is_file():
             continue
         if path.suffix in {".sh", ".sub"}:
             found.append(path)
