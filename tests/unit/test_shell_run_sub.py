@@ -202,7 +202,8 @@ def test_data_preparation_runs_on_all_tasks_then_balances(env: dict, tmp_path: P
     fp, fb = flags(prep), flags(balance)
     assert fp["--ntasks-per-node"] == "16" and "--balance" not in fp
     assert prep[prep.index("--num_shards") + 1] == str(2 * 3 * 2 * 8)  # per worker x workers x nodes x gpus
-    assert prep[prep.index("--bin_size") + 1] == "32" and "--no_masking" in fp
+    assert prep[prep.index("--bin_size") + 1] == "32"
+    assert prep[prep.index("--masking") + 1] == "none"
     out = prep[prep.index("--output_file") + 1]
     assert out == str(submit / "data/pretrain/phase1/bin_size_32/parquet")
     assert fb["--ntasks"] == "1" and "--balance" in fb
@@ -213,3 +214,15 @@ def test_missing_data_and_text_is_a_clear_error(env: dict) -> None:
     proc, calls = run(env)
     assert proc.returncode == 2 and not srun_calls(calls)
     assert "no shards in" in proc.stderr and "TEXT_DIR" in proc.stderr
+
+
+def test_single_task_data_preparation_needs_no_balance(env: dict) -> None:
+    submit = Path(env["SLURM_SUBMIT_DIR"])
+    (submit / "data/wikipedia/source").mkdir(parents=True)
+    (submit / "data/vocab").mkdir(parents=True)
+    (submit / "data/vocab/vocab.txt").write_text("[PAD]\n")
+    proc, calls = run(env, SLURM_JOB_NUM_NODES="1", DASK_TASKS_PER_NODE="1", DATA_ONLY="true")
+    assert proc.returncode == 0, proc.stderr
+    (prep,) = srun_calls(calls)
+    assert "--balance" not in prep and prep[prep.index("--masking") + 1] == "static"
+    assert prep[prep.index("--num_shards") + 1] == "4096"   # NVIDIA's default block count
