@@ -1,0 +1,148 @@
+"""``run_pretraining.py``: BERT pretraining with NVIDIA's flags (current and legacy).
+
+Launch with ``python run_pretraining.py ...`` (one process), ``torchrun --nproc_per_node=N
+run_pretraining.py ...`` or under ``srun`` (SLURM_* variables). See docs/pretraining.md.
+
+``--train_batch_size`` is per rank and *before* accumulation, as NVIDIA defines it: each
+rank runs ``--gradient_accumulation_steps`` micro-batches of
+``train_batch_size / gradient_accumulation_steps`` sequences per optimizer step; the global
+batch is ``train_batch_size * world_size``. These derived values are computed
+(:func:`bertforge.train.pretrain.micro_batch_size`), never written back into the arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bertforge.errors import cli_entry
+from bertforge.optim import OPTIMIZERS
+
+__all__ = ["build_parser", "main"]
+
+
+def _int_like(s: str) -> int:
+    """NVIDIA declares some integer flags as float (``--max_steps 1e6``): accept both."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if v != int(v):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}")
+    return int(v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_pretraining.py",
+        description="BERT pretraining (MLM + NSP) with LAMB, two phases, mixed precision, "
+                    "gradient accumulation, DDP and exact resume.")
+    d = p.add_argument_group("data and model")
+    d.add_argument("--input_dir", required=True,
+                   help="directory of training shards (NVIDIA HDF5 or LDDL Parquet)")
+    d.add_argument("--config_file", required=True, help="bert_config.json of the model")
+    d.add_argument("--output_dir", required=True, help="checkpoints (ckpt_<step>.pt) go here")
+    d.add_argument("--vocab_file", default=None,
+                   help="WordPiece vocabulary; needed for Parquet shards and dynamic masking")
+    d.add_argument("--init_checkpoint", default=None,
+                   help="initial weights: a bertforge/NVIDIA checkpoint file or an HF directory; "
+                        "a bertforge training checkpoint also gives its optimizer moments")
+    d.add_argument("--max_seq_length", type=int, default=512,
+                   help="longest sequence the data may hold (an error if a batch is longer)")
+    d.add_argument("--max_predictions_per_seq", type=int, default=80,
+                   help="the most masked positions per sequence")
+    d.add_argument("--masking", choices=("static", "dynamic"), default="static",
+                   help="static: masks stored in the shards; dynamic: new masks at load time")
+    d.add_argument("--dynamic_masking", dest="masking", action="store_const", const="dynamic",
+                   help="same as --masking dynamic (LDDL's flag name)")
+    d.add_argument("--num_workers", type=int, default=4, help="data loader worker processes")
+    d.add_argument("--eval_dir", default=None,
+                   help="held-out shards: MLM accuracy at the start, every --eval_freq steps "
+                        "and at the end")
+    d.add_argument("--eval_freq", type=int, default=0,
+                   help="evaluate every N steps (0: only at start and end)")
+    d.add_argument("--num_eval_batches", type=int, default=50,
+                   help="held-out batches per evaluation (per rank)")
+    d.add_argument("--eval_batch_size", type=int, default=None,
+                   help="held-out batch size (default: the training micro-batch size)")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--train_batch_size", type=int, default=32,
+                   help="sequences per rank per optimizer step, before accumulation (NVIDIA's meaning)")
+    o.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="micro-batches per optimizer step; must divide --train_batch_size")
+    o.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
+    o.add_argument("--max_steps", type=_int_like, default=1000,
+                   help="optimizer steps of this phase (skipped fp16 steps not counted)")
+    o.add_argument("--warmup_proportion", type=float, default=0.01,
+                   help="fraction of --max_steps of linear warmup (then poly decay, power 0.5)")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default="lamb",
+                   help="lamb (NVIDIA's), adamw or bertadam")
+    o.add_argument("--weight_decay", type=float, default=0.01,
+                   help="decoupled weight decay of matrices (biases and LayerNorm: none)")
+    o.add_argument("--max_grad_norm", type=float, default=1.0,
+                   help="global gradient-norm clipping threshold (0 disables)")
+    o.add_argument("--seed", type=int, default=42, help="random seed")
+
+    m = p.add_argument_group("precision and speed")
+    m.add_argument("--fp16", "--amp", dest="fp16", action="store_true",
+                   help="fp16 autocast with dynamic loss scaling (CUDA only)")
+    m.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU)")
+    m.add_argument("--init_loss_scale", type=float, default=2.0**20,
+                   help="initial fp16 loss scale")
+    m.add_argument("--checkpoint_activations", action="store_true",
+                   help="recompute each layer's activations in backward (less memory)")
+    m.add_argument("--no_dense_sequence_output", action="store_true",
+                   help="compute MLM logits at every position instead of only the masked ones")
+    m.add_argument("--allreduce_post_accumulation", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="all-reduce gradients once per optimizer step, after accumulation "
+                        "(default; --no-allreduce_post_accumulation all-reduces every micro-batch)")
+    m.add_argument("--allreduce_post_accumulation_fp16", action="store_true",
+                   help="all-reduce gradients in fp16 (half the traffic, fp16 rounding)")
+
+    c = p.add_argument_group("checkpoints and phases")
+    c.add_argument("--resume_from_checkpoint", action="store_true",
+                   help="continue from the latest checkpoint in --output_dir (or --resume_step)")
+    c.add_argument("--resume_step", type=int, default=-1,
+                   help="with --resume_from_checkpoint: load ckpt_<resume_step>.pt")
+    c.add_argument("--num_steps_per_checkpoint", type=int, default=100,
+                   help="save a checkpoint every N steps (and at the end)")
+    c.add_argument("--keep_checkpoints", type=int, default=3,
+                   help="keep only the last K checkpoints")
+    c.add_argument("--skip_checkpoint", action="store_true", help="save no checkpoints")
+    c.add_argument("--phase2", action="store_true",
+                   help="phase 2: start from phase 1's last checkpoint (moments kept, step and "
+                        "LR schedule reset) or from --init_checkpoint")
+    c.add_argument("--resume_phase2", action="store_true",
+                   help="with --phase2: continue a phase-2 checkpoint instead of refusing it")
+    c.add_argument("--phase1_end_step", type=int, default=None,
+                   help="phase 1's last step: offset of phase-2 step numbers and checkpoint "
+                        "names (default: the step of the phase-1 checkpoint)")
+    c.add_argument("--steps_this_run", type=int, default=-1,
+                   help="stop (with a checkpoint) after this many steps in this run (-1: none)")
+    c.add_argument("--do_train", action="store_true",
+                   help="train (without it, only evaluate --init_checkpoint on --eval_dir)")
+
+    g = p.add_argument_group("logging and launch")
+    g.add_argument("--log_freq", type=_int_like, default=1, help="log every N steps")
+    g.add_argument("--json-summary", "--json_summary", dest="json_summary", default=None,
+                   help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
+    g.add_argument("--tensorboard_dir", default=None,
+                   help="also write TensorBoard scalars there (needs the tensorboard package)")
+    g.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
+    g.add_argument("--local_rank", "--local-rank", type=int, default=-1,
+                   help="set by the legacy torch.distributed.launch; LOCAL_RANK takes precedence")
+    g.add_argument("--dist_timeout", type=float, default=1800.0,
+                   help="seconds a collective may wait for a dead rank before failing")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="force the device (default: CUDA when available)")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and run pretraining; returns the exit status (see docs/pretraining.md)."""
+    from bertforge.train.pretrain import run
+
+    args = build_parser().parse_args(argv)
+    return run(args)

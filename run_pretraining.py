@@ -1,0 +1,3 @@
+from bertforge.cli.pretrain import main
+
+raise SystemExit(main())
