@@ -296,7 +296,7 @@ class PretrainingDataLoader:
 
     def _choose_bin(self, epoch: int, step: int, taken: list[int]) -> int | None:
         remaining = [self._batches_in(q) - -(-t // self.batch_size)
-                     for q, t in zip(self._per_rank, taken)]
+                     for q, t in zip(self._per_rank, taken, strict=True)]
         total = sum(remaining)
         if total <= 0:
             return None

@@ -111,6 +111,11 @@ def train_wordpiece_vocab(
     )
     vocab = tok.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    # The trainer lists tokens of equal counts in hash-map order, which changes from run
+    # to run; WordPiece only needs the set, so write specials first, then the rest sorted:
+    # the same corpus always gives the same file.
+    specials = [t for t in special_tokens if t in vocab]
+    tokens = specials + sorted(t for t in tokens if t not in set(special_tokens))
     if len(tokens) <= len(special_tokens):
         raise DataError(f"the text in {paths[0]}... is empty: no vocabulary learned")
     write_vocab(tokens, out_path)
