@@ -211,12 +211,13 @@ def parquet_to_arrays(table, vocab: dict[str, int], *, path: str = "",
     in_a = (j >= 1) & (j <= la[:, None])
     in_b = (j >= la[:, None] + 2) & (j < nt[:, None] - 1)
     ids = np.zeros((n, L), dtype=np.int32)
-    ids[in_a] = a_ids
-    ids[in_b] = b_ids
-    ids[:, 0] = cls_id
-    rows = np.arange(n)
-    ids[rows, la + 1] = sep_id
-    ids[rows, nt - 1] = sep_id
+    if n:
+        ids[in_a] = a_ids
+        ids[in_b] = b_ids
+        ids[:, 0] = cls_id
+        rows = np.arange(n)
+        ids[rows, la + 1] = sep_id
+        ids[rows, nt - 1] = sep_id
     out = {
         "input_ids": ids,
         "input_mask": (j < nt[:, None]).astype(np.int8),

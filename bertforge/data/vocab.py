@@ -85,7 +85,8 @@ def train_wordpiece_vocab(
 
     ``files`` are text files (one sentence per line). ``lowercase`` also strips accents,
     as Google's uncased models do; cased vocabularies keep both. Returns the number of
-    tokens written (at most ``vocab_size``; a small corpus can give fewer).
+    tokens written (at most ``vocab_size``; a small corpus can give fewer). Specials come
+    first (ids 0-4), then the tokens in sorted order.
     """
     from tokenizers import BertWordPieceTokenizer
 
@@ -113,7 +114,9 @@ def train_wordpiece_vocab(
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     # The trainer lists tokens of equal counts in hash-map order, which changes from run
     # to run; WordPiece only needs the set, so write specials first, then the rest sorted:
-    # the same corpus always gives the same file.
+    # the same token set always gives the same file. (Which of several equal-count merges
+    # makes the cut at exactly ``vocab_size`` can still vary between runs: a handful of
+    # rare tokens. Pass a fixed vocab file where bit-exact reruns matter.)
     specials = [t for t in special_tokens if t in vocab]
     tokens = specials + sorted(t for t in tokens if t not in set(special_tokens))
     if len(tokens) <= len(special_tokens):
