@@ -169,7 +169,7 @@ def test_train_vocab_deterministic_and_tokenizer(tmp_path):
     other = (tmp_path / "v2.txt").read_text().splitlines()
     # same order rule; only equal-count merges at the size cut may differ between runs
     assert lines == sorted(lines[:5], key=lines.index) + sorted(lines[5:])
-    assert len(set(lines) ^ set(other)) <= 0.05 * len(lines)
+    assert len(other) == len(lines) and len(set(lines) ^ set(other)) <= 0.2 * len(lines)
     assert len(lines) == n <= 300 and lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = BertTokenizer(tmp_path / "v1.txt", do_lower_case=True)
     toks = tok.tokenize("The Photosynthesis. Unbelievableness")
