@@ -243,6 +243,9 @@ def _resolve_start(args, phase: int) -> StartPoint:
             return StartPoint(ckpt, str(ckpt_path), restore_all=True, phase1_end_step=end)
         end = args.phase1_end_step if args.phase1_end_step is not None else int(ckpt["step"])
         return StartPoint(ckpt, str(ckpt_path), keep_moments=True, phase1_end_step=end)
+    if phase == 1 and not args.resume_from_checkpoint and find_latest(out) is not None:
+        raise ConfigError(f"--output_dir {out} already holds checkpoints ({find_latest(out).name}); "
+                          "pass --resume_from_checkpoint or use another --output_dir")
     if args.init_checkpoint:
         return StartPoint(None, args.init_checkpoint, keep_moments=args.phase2,
                           phase1_end_step=args.phase1_end_step or 0)
@@ -443,6 +446,9 @@ class _Trainer:
                 else dist.group.WORLD
 
     # .. helpers ...............................................................................
+    def _epoch(self) -> int:
+        return int(self.loader.state_dict().get("epoch", 0))
+
     def global_step(self) -> int:
         return self.step + (self.phase1_end_step if self.phase == 2 else 0)
 
@@ -585,12 +591,12 @@ class _Trainer:
                             "sequences_per_second": global_batch_size(args, world) * window_steps / max(now - window_t, 1e-9)}
                     if result.loss_scale is not None:
                         data["loss_scale"] = result.loss_scale
-                    logger.log(step=(getattr(self.loader, "epoch", 0), self.global_step()), data=data)
+                    logger.log(step=(self._epoch(), self.global_step()), data=data)
                     window_loss.zero_()
                     window_steps, window_t = 0, now
                 if args.eval_dir and args.eval_freq and self.step % args.eval_freq == 0 and not result.skipped and not done:
                     res = evaluate_mlm(self.model_core, args.eval_dir, args, info, self.precision, eval_bs)
-                    logger.log(step=(getattr(self.loader, "epoch", 0), self.global_step()), data=res)
+                    logger.log(step=(self._epoch(), self.global_step()), data=res)
                 preempted = _any_rank(stop.requested, self.ctrl_group)
                 periodic = (not result.skipped and self.step % args.num_steps_per_checkpoint == 0)
                 if periodic or done or preempted:

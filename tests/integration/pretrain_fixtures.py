@@ -30,11 +30,13 @@ def write_config(path: Path, **overrides) -> Path:
 
 
 def write_nvidia_hdf5(path: Path, n: int, seq_len: int = 32, max_pred: int = 5,
-                      vocab: int = 256, seed: int = 0) -> Path:
+                      vocab: int = 256, seed: int = 0, fixed_masks: bool = False) -> Path:
     """One shard in NVIDIA's HDF5 schema with variable-length, padded sequences.
 
     Sequences follow a learnable pattern (token i+1 = token i + 1 mod a small range), so a
-    model can get better than chance at the masked positions.
+    model can get better than chance at the masked positions. ``fixed_masks``: every
+    sequence has exactly ``max_pred`` masked tokens, so every micro-batch's mean MLM loss
+    weighs tokens equally (needed for exact equivalence of different micro-batch splits).
     """
     rng = np.random.default_rng(seed)
     ids = np.zeros((n, seq_len), np.int32)
@@ -51,7 +53,7 @@ def write_nvidia_hdf5(path: Path, n: int, seq_len: int = 32, max_pred: int = 5,
         ids[i, :length] = toks
         mask[i, :length] = 1
         seg[i, length // 2:length] = 1
-        k = int(rng.integers(1, max_pred + 1))
+        k = max_pred if fixed_masks else int(rng.integers(1, max_pred + 1))
         p = np.sort(rng.choice(np.arange(1, length - 1), size=k, replace=False))
         pos[i, :k] = p
         lab[i, :k] = ids[i, p]
