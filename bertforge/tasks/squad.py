@@ -355,8 +355,8 @@ def decode(examples: Sequence[SquadExample], features: SquadFeatures, start_logi
            null_score_diff_threshold: float = 0.0) -> list[SquadPrediction]:
     """Turn start/end logits [N, L] of ``features`` into one prediction per example.
 
-    For every window the ``n_best_size`` best starts (context tokens that are max context
-    there) and ends (context tokens) are paired; spans with end < start or longer than
+    For every window the max(``n_best_size``, 20) best starts (context tokens that are max
+    context there) and ends (context tokens) are paired; spans with end < start or longer than
     ``max_answer_length`` tokens are dropped. Spans of all windows of an example are
     ranked by start + end logit and de-duplicated by text. With
     ``version_2_with_negative`` the null answer scores the smallest [CLS] start + end
@@ -371,6 +371,7 @@ def decode(examples: Sequence[SquadExample], features: SquadFeatures, start_logi
     end_logits = np.asarray(end_logits, dtype=np.float64)
     if start_logits.shape[0] != len(features) or end_logits.shape[0] != len(features):
         raise ValueError(f"{start_logits.shape[0]} rows of logits for {len(features)} features")
+    k = max(n_best_size, 20)
     by_example: list[list[int]] = [[] for _ in examples]
     for f_i, ex_i in enumerate(features.example_index):
         by_example[int(ex_i)].append(f_i)
@@ -388,8 +389,10 @@ def decode(examples: Sequence[SquadExample], features: SquadFeatures, start_logi
                 score = float(s[0] + e[0])
                 if null is None or score < null[0]:
                     null = (score, float(s[0]), float(e[0]))
-            starts = _top(s[:L], is_ctx & features.max_context[f_i, :L], n_best_size)
-            ends = _top(e[:L], is_ctx, n_best_size)
+            # Search at least 20 starts x 20 ends even for a 1-best answer: the single best
+            # start and end may not form a valid span.
+            starts = _top(s[:L], is_ctx & features.max_context[f_i, :L], k)
+            ends = _top(e[:L], is_ctx, k)
             if len(starts) == 0 or len(ends) == 0:
                 continue
             length = ends[None, :] - starts[:, None] + 1  # [S, E]

@@ -17,7 +17,7 @@ from tokenizers import BertWordPieceTokenizer
 
 from bertforge.errors import DataError
 
-__all__ = ["load_tokenizer", "special_ids", "find_vocab"]
+__all__ = ["load_tokenizer", "special_ids", "find_vocab", "lower_case"]
 
 _REQUIRED = ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
 
@@ -59,3 +59,9 @@ def find_vocab(vocab_file: str | None, init_checkpoint: str | None) -> str:
     if init_checkpoint and Path(init_checkpoint).is_dir() and (Path(init_checkpoint) / "vocab.txt").is_file():
         return str(Path(init_checkpoint) / "vocab.txt")
     raise DataError("--vocab_file is required (no vocab.txt next to --init_checkpoint)")
+
+
+def lower_case(do_lower_case: bool, bert_model: str | None) -> bool:
+    """Whether to lower-case: ``--do_lower_case``, or a ``--bert_model`` name ending in "uncased"
+    (NVIDIA's scripts name the model, e.g. ``bert-large-uncased``)."""
+    return bool(do_lower_case) or bool(bert_model and bert_model.rstrip("/").lower().endswith("uncased"))

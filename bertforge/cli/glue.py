@@ -1,0 +1,171 @@
+"""``run_glue.py``: fine-tune and evaluate BERT on a GLUE task (NVIDIA's flags).
+
+    python run_glue.py --task_name sst-2 --data_dir glue/SST-2 --init_checkpoint ckpt.pt \\
+        --vocab_file vocab.txt --do_lower_case --do_train --do_eval --output_dir results/SST-2
+
+Tasks: cola, sst-2, mrpc, sts-b, qqp, mnli (dev_matched), mnli-mm (dev_mismatched), qnli,
+rte, wnli. Training reads ``<data_dir>/train.tsv``; evaluation and prediction the task's dev
+file. Writes ``results.txt`` (JSON: metrics, losses, latency percentiles, throughput),
+``predictions.json`` (--do_predict: example id -> label, or score for STS-B), the
+fine-tuned ``pytorch_model.bin`` + ``bert_config.json`` and ``dllogger.json``, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from bertforge.errors import ConfigError, cli_entry
+from bertforge.io import atomic_write_json, atomic_write_text, ensure_dir
+from bertforge.logging import Logger
+from bertforge.model.bert import BertForSequenceClassification
+from bertforge.tasks import glue
+from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
+from bertforge.train import finetune
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_glue.py", description="BERT fine-tuning and evaluation on GLUE.")
+    a = p.add_argument
+    a("--data_dir", required=True, help="the task's GLUE directory (train.tsv, dev.tsv, ...)")
+    a("--task_name", required=True, help=f"one of {', '.join(glue.TASKS)}")
+    a("--init_checkpoint", required=True, help="a bertforge/NVIDIA .pt file or an HF directory")
+    a("--output_dir", required=True, help="where results.txt, predictions and the model go")
+    a("--bert_model", default=None,
+      help="model name (NVIDIA's flag); a name ending in 'uncased' implies --do_lower_case")
+    a("--vocab_file", default=None, help="WordPiece vocab.txt (default: vocab.txt of an HF --init_checkpoint)")
+    a("--config_file", default=None, help="bert_config.json (needed for NGC files)")
+    a("--max_seq_length", type=int, default=128)
+    a("--do_train", action="store_true", help="fine-tune on train.tsv")
+    a("--do_eval", action="store_true", help="score the dev set")
+    a("--do_predict", action="store_true", help="write predictions.json for the dev set")
+    a("--do_lower_case", action="store_true")
+    a("--train_batch_size", type=int, default=32, help="sequences per optimizer step and process")
+    a("--eval_batch_size", type=int, default=8)
+    a("--learning_rate", type=float, default=5e-5)
+    a("--num_train_epochs", type=float, default=3.0)
+    a("--max_steps", type=float, default=-1.0, help="optimizer steps; > 0 overrides --num_train_epochs")
+    a("--warmup_proportion", type=float, default=0.1)
+    a("--seed", type=int, default=1)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast + loss scaling (CUDA)")
+    a("--bf16", action="store_true", help="bf16 autocast")
+    a("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    a("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)))
+    a("--log_freq", type=int, default=50)
+    a("--json-summary", dest="json_summary", default=None,
+      help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
+    a("--skip_checkpoint", action="store_true", help="do not save the fine-tuned model")
+    return p
+
+
+def _loss(task: glue.GlueTask):
+    def loss_fn(model, batch):
+        logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # [B, C]
+        if task.is_regression:
+            return torch.nn.functional.mse_loss(logits.float().view(-1), batch["labels"].float().view(-1))
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"].view(-1))
+    return loss_fn
+
+
+def _forward(model, batch):
+    return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+
+
+def _evaluate(args, task, model, tokenizer, rt) -> dict:
+    """Predict the dev set; metrics (--do_eval) and predictions.json (--do_predict)."""
+    examples = glue.read_examples(task, Path(args.data_dir) / task.dev_file, "dev", with_labels=args.do_eval)
+    arrays = glue.glue_features(examples, task, tokenizer, args.max_seq_length, with_labels=args.do_eval)
+    inputs = {k: v for k, v in arrays.items() if k != "labels"}
+    (logits,), latencies = finetune.predict(model, inputs, args.eval_batch_size, _forward, precision=rt.precision)
+    results = {"eval:num_samples_per_gpu": len(examples), "eval:num_steps": len(latencies),
+               **finetune.latency_stats(latencies, args.eval_batch_size)}
+    preds = logits[:, 0] if task.is_regression else logits.argmax(axis=1)
+    if args.do_predict:
+        if task.is_regression:
+            out = {e.guid: float(p) for e, p in zip(examples, preds, strict=True)}
+        else:
+            out = {e.guid: task.labels[int(p)] for e, p in zip(examples, preds, strict=True)}
+        atomic_write_json(Path(args.output_dir) / "predictions.json", out)
+    if args.do_eval:
+        labels = arrays["labels"]
+        t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
+        if task.is_regression:
+            loss = torch.nn.functional.mse_loss(t_logits[:, 0], t_labels.float())
+        else:
+            loss = torch.nn.functional.cross_entropy(t_logits, t_labels)
+        results["eval:loss"] = float(loss)
+        results.update(glue.compute_metrics(task, preds, labels))
+    return results
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    task = glue.get_task(args.task_name)
+    if not (args.do_train or args.do_eval or args.do_predict):
+        raise ConfigError("nothing to do: give --do_train, --do_eval and/or --do_predict")
+    if not Path(args.data_dir).is_dir():
+        raise ConfigError(f"--data_dir {args.data_dir}: no such directory")
+    for flag in ("train_batch_size", "eval_batch_size", "max_seq_length"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
+                                local_rank=args.local_rank if args.local_rank >= 0 else None)
+    ensure_dir(args.output_dir)
+    logger = Logger(args.json_summary or Path(args.output_dir) / "dllogger.json") if rt.is_main else \
+        Logger(None, stdout=False)
+    vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)
+    tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
+    model, report = finetune.load_task_model(args.init_checkpoint, BertForSequenceClassification,
+                                             head=("classifier.*",), training=args.do_train,
+                                             config_file=args.config_file, num_labels=task.num_labels)
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise ConfigError(f"--vocab_file {vocab_file} has {tokenizer.get_vocab_size()} tokens but the model "
+                          f"has only {model.config.vocab_size} embeddings")
+    logger.log("PARAMETER", {"task": task.name, "bert_model": args.bert_model or "",
+                             "init_checkpoint": str(args.init_checkpoint), "load": report.summary(),
+                             "precision": rt.precision.name, "world_size": rt.world_size})
+    model.to(rt.device)
+    results: dict = {}
+    if args.do_train:
+        cfg = finetune.FinetuneConfig(
+            learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+            max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
+            train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            seed=args.seed, log_freq=args.log_freq)
+        examples = glue.read_examples(task, Path(args.data_dir) / "train.tsv", "train")
+        arrays = glue.glue_features(examples, task, tokenizer, args.max_seq_length)
+        s = finetune.train(finetune.wrap_ddp(model, rt), arrays, _loss(task), cfg, precision=rt.precision,
+                           rank=rt.rank, world_size=rt.world_size, logger=logger)
+        results.update({"global_step": s.global_step, "train:loss": s.average_loss,
+                        "train:latency": s.train_time_s, "train:num_samples_per_gpu": len(examples),
+                        "train:num_steps": s.global_step, "train:throughput": s.sequences_per_second})
+        if rt.is_main and not args.skip_checkpoint:
+            finetune.save_finetuned(model, args.output_dir, args=vars(args), task=task.name)
+    if (args.do_eval or args.do_predict) and rt.is_main:
+        results.update(_evaluate(args, task, model, tokenizer, rt))
+    if rt.is_main:
+        atomic_write_text(Path(args.output_dir) / "results.txt", json.dumps(results) + "\n")
+        summary = {"exact_match": results.get("acc"), "F1": results.get("f1"),
+                   "e2e_train_time": results.get("train:latency"),
+                   "training_sequences_per_second": results.get("train:throughput"),
+                   "e2e_inference_time": (results["infer:latency(ms):sum"] / 1000
+                                          if "infer:latency(ms):sum" in results else None),
+                   "inference_sequences_per_second": results.get("infer:throughput(samples/s):avg")}
+        logger.log((), {k: v for k, v in summary.items() if v is not None})
+        for k in sorted(results):
+            if k.startswith(("acc", "f1", "mcc", "pearson", "spearmanr", "corr", "eval:loss")):
+                print(f"{k} = {results[k]}", flush=True)
+    logger.flush()
+    from bertforge.distributed import barrier, cleanup
+
+    barrier()
+    cleanup()
+    return results

@@ -1,0 +1,138 @@
+"""``inference.py``: answer questions with a fine-tuned SQuAD model (NVIDIA's flags).
+
+    python inference.py --init_checkpoint results/SQuAD/pytorch_model.bin \\
+        --vocab_file vocab.txt --do_lower_case \\
+        --question "Where is Normandy?" --context "The Normans ... in France."
+    {"answer": "France", "probability": 0.97, "start": 159, "end": 165}
+
+``--json FILE`` answers a batch: FILE is a JSON list of ``{"question", "context"[, "id"]}``
+objects or a SQuAD-format file; the output is a JSON list with one object per question
+(``--output FILE`` writes it atomically instead of printing). Contexts longer than one
+window are split into the same sliding windows as in training. The checkpoint is a
+bertforge/NVIDIA file or an HF directory holding a question-answering model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from bertforge.errors import ConfigError, DataError, cli_entry
+from bertforge.io import atomic_write_json
+from bertforge.model.bert import BertForQuestionAnswering
+from bertforge.precision import Precision
+from bertforge.tasks import squad
+from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
+from bertforge.train.finetune import load_task_model
+
+__all__ = ["build_parser", "main", "read_batch"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inference.py", description="Question answering with a fine-tuned BERT.")
+    a = p.add_argument
+    a("--init_checkpoint", required=True, help="fine-tuned QA weights: a .pt/.bin file or an HF directory")
+    a("--bert_model", default=None,
+      help="model name (NVIDIA's flag); a name ending in 'uncased' implies --do_lower_case")
+    a("--vocab_file", default=None, help="WordPiece vocab.txt (default: vocab.txt of an HF --init_checkpoint)")
+    a("--config_file", default=None, help="bert_config.json (needed for NGC files)")
+    a("--question", default=None, help="the question")
+    a("--context", default=None, help="the text holding the answer")
+    a("--json", dest="json_file", default=None, help="a JSON file of questions to answer in one batch")
+    a("--output", default=None, help="with --json: write the answers here instead of stdout")
+    a("--max_seq_length", type=int, default=384)
+    a("--doc_stride", type=int, default=128)
+    a("--max_query_length", type=int, default=64)
+    a("--n_best_size", type=int, default=1, help="also print this many alternatives when > 1")
+    a("--max_answer_length", type=int, default=30)
+    a("--batch_size", type=int, default=8, help="windows per forward pass")
+    a("--do_lower_case", action="store_true")
+    a("--can_give_negative_answer", action="store_true",
+      help="SQuAD 2.0 model: answer '' when the question has no answer in the context")
+    a("--null_score_diff_threshold", type=float, default=-11.0,
+      help="with --can_give_negative_answer: answer '' when null score - best span score exceeds this")
+    a("--no_gpu", "--no_cuda", dest="no_gpu", action="store_true", help="run on the CPU even when CUDA is available")
+    a("--fp16", action="store_true", help="fp16 autocast (CUDA)")
+    a("--bf16", action="store_true", help="bf16 autocast")
+    a("--seed", type=int, default=1, help="torch seed (inference is deterministic; kept for NVIDIA's flag)")
+    a("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
+      help="CUDA device index to use (NVIDIA's flag)")
+    return p
+
+
+def read_batch(path: str | os.PathLike) -> list[dict]:
+    """``[{"id", "question", "context"}]`` from a list file or a SQuAD-format file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--json {p}: no such file")
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"--json {p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if isinstance(obj, dict) and "data" in obj:
+        return [{"id": ex.qas_id, "question": ex.question, "context": ex.context}
+                for ex in squad.read_squad_examples(p)]
+    if not isinstance(obj, list):
+        raise DataError(f"--json {p}: expected a list of {{\"question\", \"context\"}} objects or a SQuAD file")
+    items = []
+    for i, it in enumerate(obj):
+        if not (isinstance(it, dict) and isinstance(it.get("question"), str) and isinstance(it.get("context"), str)):
+            raise DataError(f"--json {p}: item {i} needs string fields 'question' and 'context'")
+        items.append({"id": str(it.get("id", i)), "question": it["question"], "context": it["context"]})
+    return items
+
+
+def _device(args) -> torch.device:
+    if torch.cuda.is_available() and not args.no_gpu:
+        return torch.device("cuda", max(args.local_rank, 0))
+    return torch.device("cpu")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    if args.json_file is None and (args.question is None or args.context is None):
+        raise ConfigError("give --question and --context, or --json FILE")
+    if args.json_file is not None and (args.question is not None or args.context is not None):
+        raise ConfigError("--json cannot be combined with --question/--context")
+    if args.output and not args.json_file:
+        raise ConfigError("--output goes with --json")
+    torch.manual_seed(args.seed)
+    items = read_batch(args.json_file) if args.json_file else \
+        [{"id": "0", "question": args.question, "context": args.context}]
+    device = _device(args)
+    precision = Precision.from_flags(args.fp16, args.bf16, device)
+    tokenizer = load_tokenizer(find_vocab(args.vocab_file, args.init_checkpoint),
+                               lower_case(args.do_lower_case, args.bert_model))
+    model, _ = load_task_model(args.init_checkpoint, BertForQuestionAnswering, head=("qa_outputs.*",),
+                               training=False, config_file=args.config_file, drop=("bert.pooler.*",))
+    model.to(device).eval()
+    with precision.autocast():
+        answers = squad.answer_questions(
+            model, tokenizer, [it["question"] for it in items], [it["context"] for it in items],
+            max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
+            max_query_length=args.max_query_length, n_best_size=max(args.n_best_size, 1),
+            max_answer_length=args.max_answer_length, version_2_with_negative=args.can_give_negative_answer,
+            null_score_diff_threshold=args.null_score_diff_threshold, batch_size=args.batch_size, device=device)
+    out = []
+    for it, ans in zip(items, answers, strict=True):
+        rec = {"answer": ans["answer"], "probability": ans["probability"], "start": ans["start"], "end": ans["end"]}
+        if args.can_give_negative_answer:
+            rec["null_odds"] = ans["null_odds"]
+        if args.n_best_size > 1:
+            rec["nbest"] = ans["nbest"]
+        if args.json_file:
+            rec = {"id": it["id"], "question": it["question"], **rec}
+        out.append(rec)
+    if args.json_file:
+        if args.output:
+            atomic_write_json(args.output, out)
+        else:
+            print(json.dumps(out, indent=2), flush=True)
+    else:
+        print(json.dumps(out[0]), flush=True)
+    return out

@@ -1,0 +1,242 @@
+"""``run_squad.py``: fine-tune and evaluate BERT on SQuAD v1.1 / v2.0 (NVIDIA's flags).
+
+    python run_squad.py --init_checkpoint ckpt.pt --vocab_file vocab.txt --do_lower_case \\
+        --do_train --train_file train-v1.1.json --do_predict --do_eval \\
+        --predict_file dev-v1.1.json --output_dir results/SQuAD
+
+Writes to ``--output_dir``: ``predictions.json``, ``nbest_predictions.json``,
+``null_odds.json`` (v2.0), ``eval_results.json`` (--do_eval; the official script's
+numbers), ``pytorch_model.bin`` + ``bert_config.json`` (after training unless
+--skip_checkpoint) and the dllogger log (--json-summary). Every file is written
+atomically. Under ``torchrun`` training is data-parallel; prediction runs on rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertforge.errors import ConfigError, DataError, UserError, cli_entry
+from bertforge.io import atomic_path, atomic_write_json, ensure_dir
+from bertforge.logging import Logger
+from bertforge.model.bert import BertForQuestionAnswering
+from bertforge.tasks import squad
+from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2, load_squad_json
+from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
+from bertforge.train import finetune
+
+__all__ = ["build_parser", "main"]
+
+_CACHE_VERSION = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_squad.py", description="BERT fine-tuning and prediction on SQuAD.")
+    a = p.add_argument
+    a("--init_checkpoint", required=True,
+      help="weights to start from: a bertforge/NVIDIA .pt file or an HF directory")
+    a("--output_dir", required=True, help="where predictions, the fine-tuned model and logs go")
+    a("--bert_model", default=None,
+      help="model name (NVIDIA's flag), used in the feature cache file name; a name ending in 'uncased' implies --do_lower_case")
+    a("--vocab_file", default=None, help="WordPiece vocab.txt (default: vocab.txt of an HF --init_checkpoint)")
+    a("--config_file", default=None, help="bert_config.json (needed for NGC files; else checked against the checkpoint)")
+    a("--train_file", default=None, help="SQuAD json for training, e.g. train-v1.1.json")
+    a("--predict_file", default=None, help="SQuAD json for predictions, e.g. dev-v1.1.json")
+    a("--max_seq_length", type=int, default=384, help="tokens per window")
+    a("--doc_stride", type=int, default=128, help="context tokens between the starts of consecutive windows")
+    a("--max_query_length", type=int, default=64, help="question tokens kept")
+    a("--do_train", action="store_true", help="fine-tune on --train_file")
+    a("--do_predict", action="store_true", help="write predictions for --predict_file")
+    a("--do_eval", action="store_true", help="score the predictions (official EM/F1; implies --do_predict)")
+    a("--train_batch_size", type=int, default=32, help="sequences per optimizer step and process")
+    a("--predict_batch_size", type=int, default=8)
+    a("--learning_rate", type=float, default=5e-5)
+    a("--num_train_epochs", type=float, default=3.0)
+    a("--max_steps", type=float, default=-1.0, help="optimizer steps; > 0 overrides --num_train_epochs")
+    a("--warmup_proportion", type=float, default=0.1, help="fraction of the steps with linear warmup")
+    a("--n_best_size", type=int, default=20, help="n-best answers kept per question")
+    a("--max_answer_length", type=int, default=30, help="longest answer in tokens")
+    a("--seed", type=int, default=42)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased models)")
+    a("--version_2_with_negative", action="store_true", help="SQuAD 2.0: questions may have no answer")
+    a("--null_score_diff_threshold", type=float, default=0.0,
+      help="v2.0: predict no answer when null score - best span score exceeds this")
+    a("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast + loss scaling (CUDA)")
+    a("--bf16", action="store_true", help="bf16 autocast")
+    a("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    a("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
+      help="set by the legacy torch.distributed.launch; torchrun sets LOCAL_RANK")
+    a("--log_freq", type=int, default=50, help="log the loss every this many steps")
+    a("--json-summary", dest="json_summary", default=None,
+      help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
+    a("--skip_checkpoint", action="store_true", help="do not save the fine-tuned model")
+    a("--skip_cache", action="store_true", help="do not write the training-feature cache")
+    a("--cache_dir", default=None, help="where to cache training features (default: next to --train_file)")
+    return p
+
+
+def _validate(args) -> None:
+    if args.do_eval:
+        args.do_predict = True
+    if not (args.do_train or args.do_predict):
+        raise ConfigError("nothing to do: give --do_train and/or --do_predict (--do_eval)")
+    if args.do_train and not args.train_file:
+        raise ConfigError("--do_train needs --train_file")
+    if args.do_predict and not args.predict_file:
+        raise ConfigError("--do_predict/--do_eval needs --predict_file")
+    for flag in ("train_file", "predict_file"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise DataError(f"--{flag} {path}: no such file")
+    for flag in ("train_batch_size", "predict_batch_size", "max_seq_length", "doc_stride"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+
+
+def _cache_path(args, vocab_file: str) -> Path:
+    """The feature cache file for this train file, vocabulary and window settings."""
+    train = Path(args.train_file).resolve()
+    st = train.stat()
+    key = json.dumps([_CACHE_VERSION, str(train), st.st_size, st.st_mtime_ns,
+                      hashlib.sha1(Path(vocab_file).read_bytes()).hexdigest(),
+                      lower_case(args.do_lower_case, args.bert_model),
+                      args.max_seq_length, args.doc_stride, args.max_query_length,
+                      args.version_2_with_negative])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    model = Path((args.bert_model or "bert").rstrip("/")).name or "bert"
+    name = (f"{train.name}_{model}_{args.max_seq_length}_{args.doc_stride}_{args.max_query_length}"
+            f"_{digest}.npz")
+    directory = Path(args.cache_dir) if args.cache_dir else train.parent
+    return directory / name
+
+
+def _train_arrays(args, tokenizer, vocab_file: str, rt, logger) -> dict[str, np.ndarray]:
+    """Training windows with answer positions, from the cache when it matches."""
+    cache = _cache_path(args, vocab_file)
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if logger:
+            logger.log("PARAMETER", {"loaded_cached_train_features": str(cache)})
+        return arrays
+    examples = squad.read_squad_examples(args.train_file, is_training=True,
+                                         version_2_with_negative=args.version_2_with_negative)
+    feats = squad.features_from(examples, tokenizer, max_seq_length=args.max_seq_length,
+                                doc_stride=args.doc_stride, max_query_length=args.max_query_length,
+                                is_training=True)
+    arrays = feats.arrays(with_labels=True)
+    if logger:
+        logger.log("PARAMETER", {"training_samples": len(examples), "training_features": len(feats)})
+    if not args.skip_cache and rt.is_main:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            if logger:
+                logger.log("PARAMETER", {"cached_train_features_file": str(cache)})
+        except (OSError, UserError) as e:  # e.g. a read-only data directory: run without a cache
+            print(f"note: not caching training features ({e}); use --cache_dir", flush=True)
+    return arrays
+
+
+def _qa_loss(model, batch):
+    start, end = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    return squad.qa_loss(start, end, batch["start_positions"], batch["end_positions"])
+
+
+def _qa_forward(model, batch):
+    return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+
+
+def _predict_and_eval(args, model, tokenizer, rt, logger) -> dict:
+    examples = squad.read_squad_examples(args.predict_file, is_training=False,
+                                         version_2_with_negative=args.version_2_with_negative)
+    feats = squad.features_from(examples, tokenizer, max_seq_length=args.max_seq_length,
+                                doc_stride=args.doc_stride, max_query_length=args.max_query_length)
+    logger.log("PARAMETER", {"eval_samples": len(examples), "eval_features": len(feats),
+                             "predict_batch_size": args.predict_batch_size})
+    t0 = time.perf_counter()
+    (start, end), latencies = finetune.predict(model, feats.arrays(), args.predict_batch_size, _qa_forward,
+                                               precision=rt.precision)
+    infer_time = time.perf_counter() - t0
+    preds = squad.decode(examples, feats, start, end, n_best_size=args.n_best_size,
+                         max_answer_length=args.max_answer_length,
+                         version_2_with_negative=args.version_2_with_negative,
+                         null_score_diff_threshold=args.null_score_diff_threshold)
+    out = Path(args.output_dir)
+    atomic_write_json(out / "predictions.json", squad.predictions_json(preds), indent=4)
+    atomic_write_json(out / "nbest_predictions.json", squad.nbest_json(preds), indent=4)
+    if args.version_2_with_negative:
+        atomic_write_json(out / "null_odds.json", squad.null_odds_json(preds), indent=4)
+    results = {"e2e_inference_time": infer_time,
+               "inference_sequences_per_second": len(feats) / max(infer_time, 1e-9),
+               **finetune.latency_stats(latencies, args.predict_batch_size)}
+    if args.do_eval:
+        data = load_squad_json(args.predict_file)["data"]
+        preds_json = squad.predictions_json(preds)
+        if args.version_2_with_negative:
+            # null_odds as the na_prob file, thresholded where decoding did: the scores are
+            # those of predictions.json, and best_*_thresh is the threshold to use next time.
+            metrics = evaluate_v2(data, preds_json, squad.null_odds_json(preds),
+                                  args.null_score_diff_threshold, warn=None)
+        else:
+            metrics = evaluate_v1(data, preds_json, warn=None)
+            metrics = {"exact_match": metrics["exact_match"], "F1": metrics["f1"]}
+        atomic_write_json(out / "eval_results.json", metrics)
+        print(json.dumps(metrics), flush=True)
+        results.update(metrics)
+    logger.log((), results)
+    return results
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
+                                local_rank=args.local_rank if args.local_rank >= 0 else None)
+    ensure_dir(args.output_dir)
+    logger = Logger(args.json_summary or Path(args.output_dir) / "dllogger.json") if rt.is_main else \
+        Logger(None, stdout=False)
+    vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)
+    tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
+    model, report = finetune.load_task_model(args.init_checkpoint, BertForQuestionAnswering,
+                                             head=("qa_outputs.*",), training=args.do_train,
+                                             config_file=args.config_file, drop=("bert.pooler.*",))
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise ConfigError(f"--vocab_file {vocab_file} has {tokenizer.get_vocab_size()} tokens but the model "
+                          f"has only {model.config.vocab_size} embeddings")
+    logger.log("PARAMETER", {"init_checkpoint": str(args.init_checkpoint), "load": report.summary(),
+                             "precision": rt.precision.name, "world_size": rt.world_size})
+    model.to(rt.device)
+    results: dict = {}
+    if args.do_train:
+        cfg = finetune.FinetuneConfig(
+            learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+            max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
+            train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            seed=args.seed, log_freq=args.log_freq)
+        arrays = _train_arrays(args, tokenizer, vocab_file, rt, logger if rt.is_main else None)
+        summary = finetune.train(finetune.wrap_ddp(model, rt), arrays, _qa_loss, cfg, precision=rt.precision,
+                                 rank=rt.rank, world_size=rt.world_size, logger=logger)
+        train_results = {"e2e_train_time": summary.train_time_s, "final_loss": summary.final_loss,
+                         "training_sequences_per_second": summary.sequences_per_second}
+        logger.log((), train_results)
+        results.update(train_results)
+        if rt.is_main and not args.skip_checkpoint:
+            finetune.save_finetuned(model, args.output_dir, args=vars(args))
+    if args.do_predict and rt.is_main:
+        results.update(_predict_and_eval(args, model, tokenizer, rt, logger))
+    logger.flush()
+    from bertforge.distributed import barrier, cleanup
+
+    barrier()
+    cleanup()
+    return results

@@ -1,0 +1,384 @@
+"""The fine-tuning driver shared by SQuAD and GLUE.
+
+A task hands over its features as a dict of equally long numpy arrays (``input_ids``,
+``token_type_ids``, ``attention_mask`` [N, L] and its labels) and a
+``loss_fn(model, batch) -> scalar``; this module does the rest:
+
+* :func:`load_task_model`  builds the task model from a bertforge / HF / NGC checkpoint,
+  strictly: only the pretraining heads (``cls.*``) and, when training, the new task head
+  may be absent;
+* :class:`BatchLoader`     shuffled (per seed and epoch), rank-sharded batches, each cut to
+  its longest sequence (dynamic padding: attention ignores padding, so outputs at real
+  positions are unchanged and a CPU does much less work);
+* :func:`train`            epochs / ``max_steps``, NVIDIA's optimizer for fine-tuning
+  (BertAdam: Adam without bias correction, linear warmup then linear decay), the shared
+  :class:`~bertforge.train.loop.TrainStep` (accumulation, AMP, clipping, DDP);
+* :func:`predict`          batched inference with per-batch latencies;
+* :func:`save_finetuned`   the fine-tuned weights as NVIDIA names them (``pytorch_model.bin``
+  + ``bert_config.json``), written atomically, loadable by ``load_pretrained``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertforge.config import ModelConfig
+from bertforge.errors import CheckpointError, ConfigError
+from bertforge.io import atomic_write_json
+from bertforge.model.convert import load_pretrained, save_bertforge
+from bertforge.optim import build_optimizer
+from bertforge.optim.schedulers import LinearWarmUpScheduler
+from bertforge.precision import Precision
+from bertforge.train.loop import TrainStep
+
+__all__ = [
+    "FinetuneConfig",
+    "TrainSummary",
+    "BatchLoader",
+    "load_task_model",
+    "train",
+    "predict",
+    "latency_stats",
+    "save_finetuned",
+    "setup_runtime",
+    "wrap_ddp",
+    "Runtime",
+    "to_device",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+]
+
+WEIGHTS_NAME = "pytorch_model.bin"  # NVIDIA's names for the fine-tuned model
+CONFIG_NAME = "bert_config.json"
+_PRETRAINING_HEADS = ("cls.*",)
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters of a fine-tuning run (NVIDIA's flag names and defaults)."""
+
+    learning_rate: float = 5e-5
+    num_train_epochs: float = 3.0
+    """Fractional epochs stop part-way through the last one."""
+    max_steps: int = -1
+    """When > 0, the number of optimizer steps (overrides num_train_epochs)."""
+    warmup_proportion: float = 0.1
+    train_batch_size: int = 32
+    """Sequences per optimizer step and process; split into gradient_accumulation_steps micro-batches."""
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    log_freq: int = 50
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.train_batch_size < self.gradient_accumulation_steps:
+            raise ConfigError(f"--train_batch_size {self.train_batch_size} is smaller than "
+                              f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if not 0.0 <= self.warmup_proportion < 1.0:
+            raise ConfigError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ConfigError("--num_train_epochs must be positive (or give --max_steps)")
+        if self.log_freq < 1:
+            raise ConfigError(f"--log_freq must be >= 1, got {self.log_freq}")
+
+    def micro_batch_size(self) -> int:
+        return self.train_batch_size // self.gradient_accumulation_steps
+
+    def total_steps(self, num_examples: int, world_size: int = 1) -> int:
+        """Optimizer steps of the run: ``max_steps``, else epochs x steps per epoch."""
+        if self.max_steps > 0:
+            return int(self.max_steps)
+        per_rank = math.ceil(num_examples / world_size)
+        per_epoch = math.ceil(per_rank / self.train_batch_size)
+        return max(1, math.ceil(per_epoch * self.num_train_epochs))
+
+
+@dataclass
+class TrainSummary:
+    global_step: int
+    final_loss: float
+    average_loss: float
+    train_time_s: float
+    sequences_per_second: float
+    skipped_steps: int
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def load_task_model(init_checkpoint: str | Path, model_cls, *, head: tuple[str, ...], training: bool,
+                    config_file: str | Path | None = None, drop: tuple[str, ...] = (), **model_kwargs):
+    """The task model with weights from ``init_checkpoint`` (any format ``load_pretrained`` reads).
+
+    Args:
+        head: name patterns of the task head (``qa_outputs.*``, ``classifier.*``). When
+            ``training`` they may be missing (freshly initialised); for prediction only they
+            must be in the checkpoint, else CheckpointError ("missing keys: ...").
+        drop: further checkpoint entries this model has no place for (e.g. the pooler for QA).
+            Pretraining heads (``cls.*``) are always dropped.
+        config_file: a bert_config.json; needed for NGC files, else checked against the
+            checkpoint's own config.
+
+    Returns (model, LoadReport).
+    """
+    if not Path(init_checkpoint).exists():
+        raise ConfigError(f"--init_checkpoint {init_checkpoint}: no such file or directory")
+    config = ModelConfig.from_json_file(config_file) if config_file else None
+    allow_missing = head if training else ()
+    other_heads = ("qa_outputs.*", "classifier.*")
+    allow_unexpected = _PRETRAINING_HEADS + drop + tuple(h for h in other_heads if h not in head)
+    try:
+        return load_pretrained(init_checkpoint, model_cls, config=config, allow_missing=allow_missing,
+                               allow_unexpected=allow_unexpected, **model_kwargs)
+    except CheckpointError as e:
+        if not training and any(h.rstrip("*") in str(e) for h in head):
+            raise CheckpointError(f"{e}: it has no fine-tuned {model_cls.__name__} head; fine-tune it "
+                                  "first (--do_train)") from None
+        raise
+
+
+def save_finetuned(model: torch.nn.Module, output_dir: str | Path, **extra) -> Path:
+    """``pytorch_model.bin`` ({"model", "config", ...}) and ``bert_config.json``, atomically."""
+    model = getattr(model, "module", model)
+    out = Path(output_dir)
+    path = save_bertforge(model, out / WEIGHTS_NAME, **extra)
+    atomic_write_json(out / CONFIG_NAME, model.config.to_dict())
+    return path
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _trim(batch: dict[str, np.ndarray], key: str = "attention_mask") -> dict[str, np.ndarray]:
+    """Cut [B, L] arrays to the longest sequence of the batch (dynamic padding)."""
+    if key not in batch:
+        return batch
+    width = int(batch[key].sum(axis=1).max()) if len(batch[key]) else 0
+    width = max(width, 1)
+    L = batch[key].shape[1]
+    return {k: (v[:, :width] if v.ndim == 2 and v.shape[1] == L else v) for k, v in batch.items()}
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """numpy -> torch on ``device``; integer arrays become int64 (token ids are torch.long)."""
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        if not torch.is_floating_point(t):
+            t = t.long()
+        out[k] = t.to(device, non_blocking=True)
+    return out
+
+
+class BatchLoader:
+    """Batches of ``batch_size`` rows for one process, reshuffled every epoch.
+
+    Like ``DistributedSampler``: the permutation depends only on (seed, epoch), the index
+    list is padded (by wrapping) to a multiple of ``world_size`` and rank r takes every
+    world_size-th index from r, so ranks see disjoint rows and the same number of steps.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        lens = {len(v) for v in arrays.values()}
+        if len(lens) != 1:
+            raise ValueError(f"arrays of different lengths: {sorted(lens)}")
+        self.arrays = arrays
+        self.n = lens.pop()
+        if self.n == 0:
+            raise ConfigError("no training examples")
+        self.batch_size = int(batch_size)
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+
+    def indices(self, epoch: int) -> np.ndarray:
+        idx = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
+               else np.arange(self.n))
+        total = math.ceil(self.n / self.world_size) * self.world_size
+        idx = np.resize(idx, total)  # wraps around to pad
+        return idx[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(self.n / self.world_size) / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        idx = self.indices(epoch)
+        for i in range(0, len(idx), self.batch_size):
+            sel = np.sort(idx[i:i + self.batch_size])  # sorted: contiguous reads, same set
+            yield {k: v[sel] for k, v in self.arrays.items()}
+
+
+def _split(batch: dict[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:
+    n = len(next(iter(batch.values())))
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
+          loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor], cfg: FinetuneConfig, *,
+          precision: Precision, rank: int = 0, world_size: int = 1, logger=None) -> TrainSummary:
+    """Fine-tune ``model`` in place on ``arrays`` (rows = examples/windows).
+
+    ``model`` is on its device (and DDP-wrapped when ``world_size > 1``). ``loss_fn(model,
+    batch)`` gets a dict of tensors on that device (a micro-batch) and returns its mean loss.
+    Logs ``step_loss`` and ``learning_rate`` every ``log_freq`` steps, NVIDIA's keys.
+    """
+    device = precision.device
+    loader = BatchLoader(arrays, cfg.train_batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
+    total = cfg.total_steps(loader.n, world_size)
+    optimizer = build_optimizer(model, "bertadam", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = LinearWarmUpScheduler(optimizer, warmup=cfg.warmup_proportion, total_steps=total)
+    stepper = TrainStep(model, optimizer, scheduler, precision,
+                        accumulation_steps=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm)
+    if logger is not None:
+        logger.log("PARAMETER", {"training_examples": loader.n, "train_batch_size": cfg.train_batch_size,
+                                 "steps": total, "world_size": world_size})
+    model.train()
+    step, seqs, last = 0, 0, float("nan")
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    start = time.perf_counter()
+    epoch = 0
+    while step < total:
+        for batch in loader.epoch(epoch):
+            micro = [to_device(_trim(mb), device) for mb in _split(batch, cfg.gradient_accumulation_steps)]
+            result = stepper.step(micro, loss_fn)
+            step += 1
+            seqs += len(batch["input_ids"])
+            loss_sum += result.loss_tensor
+            if step % cfg.log_freq == 0 or step == total:
+                last = result.loss  # reading the loss syncs: only every log_freq steps
+                if logger is not None:
+                    logger.log((epoch, step), {"step_loss": last,
+                                               "learning_rate": optimizer.param_groups[0]["lr"]})
+            if step >= total:
+                break
+        epoch += 1
+    elapsed = time.perf_counter() - start
+    return TrainSummary(global_step=step, final_loss=last, average_loss=float(loss_sum) / max(step, 1),
+                        train_time_s=elapsed, sequences_per_second=seqs * world_size / max(elapsed, 1e-9),
+                        skipped_steps=stepper.skipped_steps)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_size: int,
+            forward: Callable[[torch.nn.Module, dict], tuple | torch.Tensor], *,
+            precision: Precision) -> tuple[list[np.ndarray], list[float]]:
+    """Run ``forward(model, batch)`` over ``arrays`` in order, ``batch_size`` rows at a time.
+
+    Returns the outputs (each output of ``forward`` concatenated over batches as float32,
+    [N, ...]; sequence outputs are padded back to the full length with -1e4) and the
+    per-batch latencies in milliseconds (device-synchronised).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    n = len(arrays["input_ids"])
+    L = arrays["input_ids"].shape[1]
+    chunks: list[list[np.ndarray]] = []
+    latencies = []
+    cuda = precision.device.type == "cuda"
+    try:
+        for i in range(0, n, batch_size):
+            batch = to_device(_trim({k: v[i:i + batch_size] for k, v in arrays.items()}), precision.device)
+            t0 = time.perf_counter()
+            with precision.autocast():
+                out = forward(model, batch)
+            if cuda:
+                torch.cuda.synchronize(precision.device)
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+            outs = out if isinstance(out, tuple) else (out,)
+            for j, o in enumerate(outs):
+                o = o.float().cpu().numpy()
+                if o.ndim == 2 and o.shape[1] < L and o.shape[1] == batch["input_ids"].shape[1]:
+                    o = np.pad(o, ((0, 0), (0, L - o.shape[1])), constant_values=-1e4)
+                if len(chunks) <= j:
+                    chunks.append([])
+                chunks[j].append(o)
+    finally:
+        model.train(was_training)
+    return [np.concatenate(c) for c in chunks], latencies
+
+
+def latency_stats(latencies_ms: list[float], batch_size: int) -> dict[str, float]:
+    """NVIDIA's inference keys: latency percentiles (ms), mean, std, sum, throughput."""
+    lat = sorted(latencies_ms)
+    if not lat:
+        return {}
+
+    def pct(q):
+        i = min(max(int(len(lat) * q) - 1, 0), len(lat) - 1)
+        return lat[i]
+
+    mean = float(np.mean(lat))
+    return {
+        "infer:latency(ms):50%": pct(0.5), "infer:latency(ms):90%": pct(0.9),
+        "infer:latency(ms):95%": pct(0.95), "infer:latency(ms):99%": pct(0.99),
+        "infer:latency(ms):100%": pct(1.0), "infer:latency(ms):avg": mean,
+        "infer:latency(ms):std": float(np.std(lat)), "infer:latency(ms):sum": float(np.sum(lat)),
+        "infer:throughput(samples/s):avg": batch_size / (mean / 1000.0) if mean > 0 else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- run setup
+
+
+@dataclass
+class Runtime:
+    """What a fine-tuning entry point needs to know about where it runs."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    precision: Precision
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(*, seed: int, fp16: bool = False, bf16: bool = False, no_cuda: bool = False,
+                  local_rank: int | None = None) -> Runtime:
+    """Initialise distributed training (torchrun / Slurm variables), device, precision and seeds.
+
+    Seeds python, numpy and torch with ``seed`` (the same on every rank: the model's new
+    head starts identical everywhere; the data order comes from the loader's own seed).
+    """
+    import random
+
+    from bertforge.distributed import init_distributed
+
+    info = init_distributed(local_rank=local_rank, device="cpu" if no_cuda else None)
+    precision = Precision.from_flags(fp16, bf16, info.device)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return Runtime(info.rank, info.world_size, info.device, precision)
+
+
+def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` when more than one process runs, else ``model``."""
+    if rt.world_size <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
