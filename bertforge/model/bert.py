@@ -16,15 +16,19 @@ Two fast paths, both exact up to float reassociation (parity tests in tests/unit
 * Masked-only MLM head (NVIDIA's dense_sequence_output): with labels or positions the
   768 x V decoder runs on the M masked tokens only.
 
-This module imports only torch.
+This module imports only torch (and, through dropout.py, numpy).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from bertforge.model.dropout import FastDropout, fast_dropout
 
 __all__ = [
     "BertModel",
@@ -102,7 +106,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, packing: _Packing) -> torch.Tensor:
         """input_ids, token_type_ids [B, L] -> packed embeddings [T, H]."""
@@ -137,9 +141,19 @@ class BertSelfAttention(nn.Module):
         qkv = packing.unpack(F.linear(x, w, b))  # [B, L, 3H]
         B, L = qkv.shape[:2]
         qkv = qkv.view(B, L, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, B, nh, L, hd]
-        ctx = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=packing.key_mask,
-            dropout_p=self.dropout_prob if self.training else 0.0)  # [B, nh, L, hd]
+        q, k, v = qkv.unbind(0)  # each [B, nh, L, hd]
+        p = self.dropout_prob if self.training else 0.0
+        if p > 0.0 and q.device.type == "cpu":
+            # Explicit attention so the probabilities get the fast CPU dropout mask
+            # (SDPA's internal dropout draws from the slow scalar generator).
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # [B, nh, L, L]
+            if packing.key_mask is not None:
+                scores = scores.masked_fill(~packing.key_mask, torch.finfo(scores.dtype).min)
+            probs = fast_dropout(torch.softmax(scores, dim=-1), p, True)
+            ctx = torch.matmul(probs, v)  # [B, nh, L, hd]
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask,
+                                                 dropout_p=p)  # [B, nh, L, hd]
         return packing.pack(ctx.transpose(1, 2).reshape(B, L, nh * hd))  # [T, H]
 
 
@@ -148,7 +162,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
@@ -179,7 +193,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
@@ -442,7 +456,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         super().__init__(config)
         self.num_labels = num_labels
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = FastDropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self.init_weights()
 
