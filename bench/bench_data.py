@@ -298,18 +298,28 @@ def main(argv=None):
     cfg = InstanceConfig(max_seq_length=128, max_predictions_per_seq=20, dupe_factor=5)
     res = {"text_mb": round(text_mb, 2), "cpus": os.cpu_count(), "vocab": Path(vocab).name}
 
-    def best(fn):
-        times = []
+    import resource
+
+    def cpu_now():
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    cpu = {}
+
+    def best(fn, name):
+        runs = []
         for _ in range(args.repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_now()
             out = fn()
-            times.append(time.perf_counter() - t)
-        return min(times), out
+            runs.append((time.perf_counter() - t, cpu_now() - c, out))
+        wall, c, out = min(runs, key=lambda r: r[0])
+        cpu[name] = round(min(r[1] for r in runs), 2)
+        return wall, out
 
     for w in (1, 2):
         t, r = best(lambda w=w: create_pretraining_shards(
             tmp / "text" / "train", tmp / f"ours{w}", vocab_file=vocab, cfg=cfg,
-            num_shards=args.num_text_shards, num_workers=w, progress=False))
+            num_shards=args.num_text_shards, num_workers=w, progress=False), f"ours_w{w}")
         res[f"ours_w{w}_s"] = round(t, 2)
         res["instances"] = r.num_instances
     arrays = [read_hdf5_shard(f) for f in sorted((tmp / "ours2").glob("*.hdf5"))]
@@ -322,31 +332,41 @@ def main(argv=None):
         np.concatenate([a["next_sentence_labels"] for a in arrays]))
     (tmp / "floor").mkdir()
     t, (tot, tt, tw, ntok) = best(lambda: floor_run(files, vocab, inst, tmp / "floor",
-                                                    args.num_text_shards))
+                                                    args.num_text_shards), "floor")
     res.update(floor_s=round(t, 2), floor_tokenize_s=round(tt, 2), floor_write_s=round(tw, 2),
                tokens=ntok)
     if not args.skip_reference:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_now()
         res["reference_instances"] = reference_create(files, vocab, tmp / "reference.hdf5")
         res["reference_s"] = round(time.perf_counter() - t, 2)
+        cpu["reference"] = round(cpu_now() - c, 2)
         res["speedup_w2_vs_reference"] = round(res["reference_s"] / res["ours_w2_s"], 1)
         res["speedup_w1_vs_reference"] = round(res["reference_s"] / res["ours_w1_s"], 1)
     res["ours_w2_over_floor"] = round(res["ours_w2_s"] / res["floor_s"], 2)
     res["ours_w1_over_floor"] = round(res["ours_w1_s"] / res["floor_s"], 2)
+    res["cpu_s"] = cpu
+    try:
+        res["load_average"] = round(os.getloadavg()[0], 1)
+    except OSError:
+        pass
     if args.json:
         print(json.dumps(res, indent=2))
     print(f"\nWikipedia sample: {text_mb:.2f} MB of text, {ntok} tokens, vocab {res['vocab']}, "
           f"{res['cpus']} CPUs; phase 1 (128/20), dupe_factor 5\n")
-    print("| run | seconds | instances |\n| --- | ---: | ---: |")
+    print(f"load average at the end: {res.get('load_average')}\n")
+    print("| run | wall s | CPU s | instances |\n| --- | ---: | ---: | ---: |")
     if "reference_s" in res:
         print(f"| reference: pure-Python Google algorithm, 1 process | {res['reference_s']} | "
-              f"{res['reference_instances']} |")
-    print(f"| floor: tokenize once (tokenizers) + write the arrays once | {res['floor_s']} "
-          f"({res['floor_tokenize_s']} + {res['floor_write_s']}) | {res['instances']} |")
-    print(f"| ours, --num_workers 1 | {res['ours_w1_s']} | {res['instances']} |")
-    print(f"| ours, --num_workers 2 | {res['ours_w2_s']} | {res['instances']} |")
+              f"{cpu['reference']} | {res['reference_instances']} |")
+    print(f"| floor: tokenize once (tokenizers) + write the arrays once | {res['floor_s']} | "
+          f"{cpu['floor']} | {res['instances']} |")
+    print(f"| ours, --num_workers 1 | {res['ours_w1_s']} | {cpu['ours_w1']} | {res['instances']} |")
+    print(f"| ours, --num_workers 2 | {res['ours_w2_s']} | {cpu['ours_w2']} | {res['instances']} |")
     if "reference_s" in res:
-        print(f"\nspeed-up vs reference: {res['speedup_w2_vs_reference']}x (2 workers), "
+        print(f"\nCPU-time speed-up vs reference: {cpu['reference'] / cpu['ours_w1']:.1f}x "
+              f"(1 worker), {cpu['reference'] / cpu['ours_w2']:.1f}x (2 workers); CPU ours / "
+              f"floor: {cpu['ours_w1'] / cpu['floor']:.2f} (1 worker)")
+        print(f"wall speed-up vs reference: {res['speedup_w2_vs_reference']}x (2 workers), "
               f"{res['speedup_w1_vs_reference']}x (1 worker); ours / floor: "
               f"{res['ours_w2_over_floor']} (2 workers), {res['ours_w1_over_floor']} (1 worker)")
     import shutil
