@@ -1,0 +1,169 @@
+"""`sbatch run.sub` on a real one-node Slurm cluster: bare-metal mode, CPU, 2 tasks.
+
+1. Data preparation with 1 task and with 2 srun tasks (+ the balance step) gives the same
+   final shard set.
+2. Phase 1 then phase 2 as two Slurm jobs chained with --dependency=afterok (phase 2 finds
+   phase 1's checkpoint itself), once undisturbed and once with `scontrol requeue` hitting
+   each phase mid-run; the requeued jobs resume from their SIGTERM checkpoint and end with
+   exactly the checkpoints of the undisturbed chain.
+
+The model is bert_configs/tiny.json with its vocabulary cut to the test corpus (512
+entries) so that a step takes ~0.1 s on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.slurm.corpus import write_corpus
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_SUB = REPO / "run.sub"
+P1_STEPS, P2_STEPS, CKPT_EVERY = 20, 12, 4
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("runsub")
+    text_dir, vocab = write_corpus(root)
+    cfg = json.loads((REPO / "bert_configs" / "tiny.json").read_text())
+    cfg.update(vocab_size=512, max_position_embeddings=128)
+    (root / "tiny-512.json").write_text(json.dumps(cfg))
+    return {
+        "root": root,
+        "env": {
+            "TEXT_DIR": str(text_dir), "VOCAB_FILE": str(vocab), "CONFIG": str(root / "tiny-512.json"),
+            "RESULTS_DIR": str(root / "results"), "PRECISION": "fp32", "SEED": "42",
+            "NUM_WORKERS": "0", "NUM_SHARDS_PER_WORKER": "2", "GPUS": "2",
+            "DASK_TASKS_PER_NODE": "2", "VENV": str(REPO / ".venv"),
+        },
+    }
+
+
+def shard_set(folder: Path) -> dict[str, object]:
+    """{file name: table} of every shard plus the sample counts."""
+    files = sorted(p for p in folder.iterdir() if p.name.startswith("shard-"))
+    assert files, f"no shards in {folder}"
+    out: dict[str, object] = {p.name: pq.read_table(p) for p in files}
+    out[".num_samples.json"] = json.loads((folder / ".num_samples.json").read_text())
+    return out
+
+
+def test_data_prep_one_task_equals_two_srun_tasks(slurm, work: dict) -> None:
+    root, env = work["root"], work["env"]
+    one = slurm.sbatch(RUN_SUB, root / "prep1.out", "--ntasks=1",
+                       env={**env, "DATA_ONLY": "true", "DASK_TASKS_PER_NODE": "1",
+                            "DATADIR": str(root / "prep1")})
+    two = slurm.sbatch(RUN_SUB, root / "prep2.out", "--nodes=1", "--ntasks-per-node=2",
+                       env={**env, "DATA_ONLY": "true", "DATADIR": str(root / "prep2")})
+    assert one.wait() == "COMPLETED", one.log()
+    assert two.wait() == "COMPLETED", two.log()
+    # the 2-task job really split the files over two srun tasks, then balanced
+    log2 = two.log()
+    assert re.search(r"^0: task 0/2: \d+ instances", log2, re.M), log2
+    assert re.search(r"^1: task 1/2: \d+ instances", log2, re.M), log2
+    assert "balanced" in log2 and "task 0/1" not in one.log()
+    a, b = shard_set(root / "prep1"), shard_set(root / "prep2")
+    assert a.keys() == b.keys() and len(a) == 2 * 2 + 1   # NUM_SHARDS_PER_WORKER x GPUS shards
+    for name in a:
+        assert a[name] == b[name] if name.startswith(".") else a[name].equals(b[name]), name
+    sizes = list(a[".num_samples.json"].values())
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) > 1000
+    assert not (root / "prep2" / ".parts").exists()
+
+
+def _phase_env(work: dict, phase: int) -> dict:
+    root = work["root"]
+    common = {**work["env"], "PHASE": str(phase), "NUM_STEPS_PER_CHECKPOINT": str(CKPT_EVERY),
+              "DATADIR": str(root / "p1"), "DATADIR_PHASE2": str(root / "p2")}
+    if phase == 1:
+        return {**common, "TRAIN_BATCH_SIZE": "8", "GRADIENT_ACCUMULATION_STEPS": "2",
+                "LEARNING_RATE": "1e-3", "WARMUP_PROPORTION": "0.1", "MAX_SEQ_LENGTH": "64",
+                "MAX_PREDICTIONS_PER_SEQ": "10", "MAX_STEPS": str(P1_STEPS)}
+    # legacy names on purpose: BATCHSIZE / LR / GRADIENT_STEPS
+    return {**common, "BATCHSIZE": "4", "GRADIENT_STEPS": "1", "LR": "5e-4",
+            "WARMUP_PROPORTION": "0.2", "MAX_SEQ_LENGTH": "128", "MAX_PREDICTIONS_PER_SEQ": "20",
+            "MAX_STEPS": str(P2_STEPS)}
+
+
+def _requeue_when(slurm, job, ckpt: Path, timeout: float = 240) -> None:
+    """`scontrol requeue` the job as soon as `ckpt` exists (the job is mid-run then)."""
+    deadline = time.monotonic() + timeout
+    while not ckpt.exists():
+        assert time.monotonic() < deadline, f"{ckpt} never appeared:\n{job.log()}"
+        assert job.state() in ("PENDING", "RUNNING", "CONFIGURING"), job.log()
+        time.sleep(0.1)
+    proc = slurm.run(["scontrol", "requeue", job.job_id])
+    assert proc.returncode == 0, proc.stderr
+
+
+def _same_checkpoint(a: Path, b: Path) -> None:
+    ca, cb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    assert ca["step"] == cb["step"] and ca["phase"] == cb["phase"]
+    assert ca["model"].keys() == cb["model"].keys()
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), f"{k} differs between {a} and {b}"
+    sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for pid in sa:
+        for name, t in sa[pid].items():
+            if torch.is_tensor(t):
+                assert torch.equal(t, sb[pid][name]), f"optimizer {pid}/{name} differs"
+
+
+def test_phase1_phase2_chain_with_requeue_matches_undisturbed(slurm, work: dict) -> None:
+    root = work["root"]
+    results = root / "results"
+    opts = ("--nodes=1", "--ntasks-per-node=2")
+    # undisturbed chain; phase 1 also makes the phase-1 shards, phase 2 the phase-2 ones
+    p1 = slurm.sbatch(RUN_SUB, root / "p1.out", *opts, env=_phase_env(work, 1))
+    p2 = slurm.sbatch(RUN_SUB, root / "p2.out", *opts, f"--dependency=afterok:{p1.job_id}",
+                      env=_phase_env(work, 2))
+    # the same chain, requeued mid-run in each phase (runs after the first one)
+    q1 = slurm.sbatch(RUN_SUB, root / "q1.out", *opts, f"--dependency=afterok:{p2.job_id}",
+                      env=_phase_env(work, 1))
+    q2 = slurm.sbatch(RUN_SUB, root / "q2.out", *opts, f"--dependency=afterok:{q1.job_id}",
+                      env=_phase_env(work, 2))
+
+    _requeue_when(slurm, q1, results / q1.job_id / f"ckpt_{CKPT_EVERY}.pt")
+    _requeue_when(slurm, q2, results / q2.job_id / f"ckpt_{P1_STEPS + CKPT_EVERY}.pt")
+    for job in (p1, p2, q1, q2):
+        assert job.wait() == "COMPLETED", job.log()
+
+    # phase 2 found phase 1's last checkpoint through the dependency
+    p1_final = results / p1.job_id / f"ckpt_{P1_STEPS}.pt"
+    assert f"phase 2 starts from {p1_final} (phase 1 ended at step {P1_STEPS})" in p2.log()
+    q1_final = results / q1.job_id / f"ckpt_{P1_STEPS}.pt"
+    assert f"phase 2 starts from {q1_final}" in q2.log()
+    # legacy names reached the trainer: phase 2 ran with BATCHSIZE=4, GRADIENT_STEPS=1
+    assert "TRAIN_BATCH_SIZE=4 GRADIENT_ACCUMULATION_STEPS=1 LEARNING_RATE=5e-4" in p2.log()
+
+    # each requeued job: stopped by SIGTERM mid-phase at a checkpoint, rerun, resumed there
+    for job, first, last, what in ((q1, CKPT_EVERY, P1_STEPS, "phase 1"),
+                                   (q2, P1_STEPS + CKPT_EVERY, P1_STEPS + P2_STEPS, "phase 2")):
+        log = job.log()
+        assert job.field("Restarts") == "1", log
+        m = re.search(r"SIGTERM: checkpoint saved at step (\d+)", log)
+        assert m, log
+        stopped = int(m.group(1))
+        assert first <= stopped < last, log
+        assert f"resuming {what} from {results / job.job_id / f'ckpt_{stopped}.pt'}" in log, log
+        assert "job " + job.job_id + " restart 1:" in log
+
+    # the final checkpoints equal those of the undisturbed chain, bit for bit
+    _same_checkpoint(p1_final, q1_final)
+    _same_checkpoint(results / p2.job_id / f"ckpt_{P1_STEPS + P2_STEPS}.pt",
+                     results / q2.job_id / f"ckpt_{P1_STEPS + P2_STEPS}.pt")
+    # both ranks logged through srun -l, and the dllogger summary has the final entry
+    assert re.search(r"^1: ", p1.log(), re.M) and re.search(r"^0: .*final_loss", p1.log(), re.M)
+    summary = (results / q2.job_id / "dllogger.json").read_text()
+    assert "final_loss" in summary
