@@ -264,3 +264,31 @@ def test_no_partial_file_on_failure(corpus, tmp_path, monkeypatch):
              "--dupe_factor", 1, "--num_shards", 1)
     assert rc == 2
     assert [p.name for p in (tmp_path / "o").iterdir()] == []
+
+
+def test_whole_word_masking(corpus, tmp_path, real_data):
+    root, text, _ = corpus
+    vocab = real_data("vocab/bert-base-uncased-vocab.txt")  # splits the long words into ##s
+    out = tmp_path / "wwm"
+    assert run("--input_file", text, "--output_file", out, "--vocab_file", vocab,
+               "--max_seq_length", 64, "--max_predictions_per_seq", 10, "--dupe_factor", 2,
+               "--num_shards", 1, "--do_whole_word_mask") == 0
+    a = read_hdf5_shard(out / "training_shard_00000.hdf5")
+    v = load_vocab(vocab)
+    cont = np.array([t.startswith("##") for t in v], dtype=bool)
+    specials = [v["[CLS]"], v["[SEP]"]]
+    checked = 0
+    for i in range(len(a["input_ids"])):
+        pos = a["masked_lm_positions"][i]
+        k = int((pos > 0).sum())
+        orig = a["input_ids"][i].copy()
+        orig[pos[:k]] = a["masked_lm_ids"][i][:k]
+        masked = set(pos[:k].tolist())
+        assert k <= 10
+        for p in range(1, int(a["input_mask"][i].sum()) - 1):
+            if orig[p] in specials or not cont[orig[p]] or orig[p - 1] in specials:
+                continue
+            # a "##" piece is masked exactly when the piece before it is
+            assert (p in masked) == (p - 1 in masked), (i, p)
+            checked += 1
+    assert checked > 100
