@@ -72,10 +72,13 @@ class TritonQAClient:
 
     ``url`` is host:port of the HTTP (default 8000) or gRPC (default 8001) endpoint.
     ``headers`` go with every call (e.g. ``{"triton-access-token": ...}``).
+    ``max_length`` is the longest sequence the client sends; by default the model's
+    ``bertforge_max_position_embeddings`` config parameter when the server reports it
+    (Triton with the generated config.pbtxt does; PyTriton's generated config does not).
     """
 
     def __init__(self, url: str, model_name: str, protocol: str = "http", *,
-                 headers: dict | None = None, timeout_s: float = 60.0):
+                 headers: dict | None = None, timeout_s: float = 60.0, max_length: int | None = None):
         tc, self._exc = _modules(protocol)
         self.protocol, self.model_name, self.headers = protocol, model_name, headers
         self._tc = tc
@@ -100,7 +103,7 @@ class TritonQAClient:
         self.max_batch_size = int(config.get("max_batch_size", 0))
         params = config.get("parameters", {}) or {}
         max_len = params.get("bertforge_max_position_embeddings", {}).get("string_value")
-        self.max_length = int(max_len) if max_len else None
+        self.max_length = max_length or (int(max_len) if max_len else None)
 
     def close(self) -> None:
         client = getattr(self, "_client", None)

@@ -113,7 +113,9 @@ class TritonServerProcess:
 
     @property
     def headers(self) -> dict:
-        return {"triton-access-token": self.access_token}
+        """Headers carrying the access token, for HTTP and gRPC clients alike."""
+        return {"triton-access-token": self.access_token,
+                "triton-grpc-protocol-triton-access-token": self.access_token}
 
     def log_tail(self, n: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -1,0 +1,3 @@
+from bertforge.serving.export import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from bertforge.serving.repository import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from bertforge.serving.client import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from bertforge.serving.server import main
+
+raise SystemExit(main())

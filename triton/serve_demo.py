@@ -1,0 +1,3 @@
+from bertforge.serving.demo import main
+
+raise SystemExit(main())
