@@ -19,6 +19,14 @@ from bertforge.errors import UserError
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "ensure_dir", "fsync_dir"]
 
 
+def _default_file_mode() -> int:
+    """0666 masked by the process umask: the mode ``open()`` would give a new file
+    (mkstemp's 0600 would make shards unreadable to others on shared cluster storage)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def ensure_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
     """Create ``path`` (and parents); a clear UserError when that is impossible."""
     p = Path(path)
@@ -60,6 +68,7 @@ def atomic_path(final: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=parent)
+        os.fchmod(fd, _default_file_mode())
         os.close(fd)
     except OSError as e:
         raise UserError(f"cannot write {final}: {e.strerror}") from None

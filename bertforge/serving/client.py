@@ -135,7 +135,7 @@ class TritonQAClient:
         if self.max_length and length > self.max_length:
             raise ClientError(f"sequence length {length} exceeds the model's limit {self.max_length}")
         return self.infer_raw({name: a.astype(_DTYPES[dt], copy=False)
-                               for (name, dt), a in zip(self.inputs, arrays)})
+                               for (name, dt), a in zip(self.inputs, arrays, strict=True)})
 
     def infer_raw(self, named: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Send ``named`` arrays as they are (no client-side checks); outputs in model order."""
@@ -304,7 +304,7 @@ def _ints(s: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="triton/run_squad_client.py",
+    p = argparse.ArgumentParser(prog="deploy/triton/run_squad_client.py",
                                 description="Answer SQuAD questions with a BERT QA model served by Triton.")
     p.add_argument("--url", default=None, help="host:port (default localhost:8000 for http, :8001 for grpc)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")

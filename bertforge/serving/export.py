@@ -227,7 +227,7 @@ def _runner(fmt: str, path: Path, exported: ExportedModel, device: torch.device)
             providers.insert(0, "CUDAExecutionProvider")
         session = ort.InferenceSession(str(path), providers=providers)
         names = [t.name for t in exported.inputs]
-        return lambda b: session.run(None, {n: np.ascontiguousarray(a, dtype=dtype) for n, a in zip(names, b)})
+        return lambda b: session.run(None, {n: np.ascontiguousarray(a, dtype=dtype) for n, a in zip(names, b, strict=True)})
     with _quiet_tracing():
         module = torch.jit.load(str(path), map_location=device).eval()
 
@@ -254,7 +254,7 @@ def compare(model: nn.Module, fmt: str, path: Path, exported: ExportedModel, bat
         ref = _torch_outputs(model, batch, device)
         got = run(batch)
         real = np.asarray(batch[2]).astype(bool)
-        for spec, r, g in zip(exported.outputs, ref, got):
+        for spec, r, g in zip(exported.outputs, ref, got, strict=True):
             if g.shape != r.shape:
                 raise UserError(f"{fmt} export {path.name}: {spec.name} has shape {g.shape}, "
                                 f"PyTorch gives {r.shape}")
@@ -342,7 +342,7 @@ def _csv(s: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="triton/export_model.py",
+        prog="deploy/triton/export_model.py",
         description="Export a fine-tuned BERT to ONNX and TorchScript and check it against PyTorch.")
     p.add_argument("--init_checkpoint", required=True,
                    help="fine-tuned model: bertforge file, HF directory or NGC file")

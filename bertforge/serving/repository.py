@@ -217,9 +217,9 @@ def _ints(s: str) -> list[int]:
 def build_parser():
     import argparse
 
-    p = argparse.ArgumentParser(prog="triton/generate_model_repository.py",
+    p = argparse.ArgumentParser(prog="deploy/triton/generate_model_repository.py",
                                 description="Write a Triton model repository for an export directory.")
-    p.add_argument("--export_dir", required=True, help="made by triton/export_model.py")
+    p.add_argument("--export_dir", required=True, help="made by deploy/triton/export_model.py")
     p.add_argument("--model_repository", required=True)
     p.add_argument("--model_name", default="bert", help="models are named <model_name>_<format>")
     p.add_argument("--model_version", type=int, default=1)

@@ -128,7 +128,7 @@ def _make_runner(spec: ModelSpec, intra_op_threads: int) -> Callable[[list[np.nd
         missing = [n for n in names_in + names_out if n not in have]
         if missing:
             raise DataError(f"{spec.folder}/config.pbtxt names {missing}, which {spec.model_file} does not have")
-        return lambda arrays: session.run(names_out, dict(zip(names_in, arrays)))
+        return lambda arrays: session.run(names_out, dict(zip(names_in, arrays, strict=True)))
     try:
         import torch
     except ImportError:
@@ -151,7 +151,7 @@ def validate_request(spec: ModelSpec, arrays: Sequence[np.ndarray]) -> None:
     shapes = [a.shape for a in arrays]
     if len(set(shapes)) != 1:
         raise ValueError("inputs must all have one shape [batch, length]; got "
-                         + ", ".join(f"{n} {s}" for (n, _, _), s in zip(spec.inputs, shapes)))
+                         + ", ".join(f"{n} {s}" for (n, _, _), s in zip(spec.inputs, shapes, strict=True)))
     if arrays[0].ndim != 2:
         raise ValueError(f"inputs must be [batch, length], got shape {shapes[0]}")
     length = shapes[0][1]
@@ -160,7 +160,7 @@ def validate_request(spec: ModelSpec, arrays: Sequence[np.ndarray]) -> None:
                          "(max_position_embeddings of the model)")
     ids, types, mask = arrays
     limits = ((ids, spec.vocab_size, "token id"), (types, spec.type_vocab_size, "token type"), (mask, 2, "mask value"))
-    for (name, _, _), (a, hi, what) in zip(spec.inputs, limits):
+    for (name, _, _), (a, hi, what) in zip(spec.inputs, limits, strict=True):
         if hi is not None and a.size and (a.min() < 0 or a.max() >= hi):
             bad = a[(a < 0) | (a >= hi)].flat[0]
             raise ValueError(f"{name}: {what} {int(bad)} is outside [0, {hi})")
@@ -178,7 +178,7 @@ def make_infer_fn(spec: ModelSpec, intra_op_threads: int = 0):
     def infer(**inputs):
         arrays = [inputs[n] for n in names_in]
         validate_request(spec, arrays)
-        return dict(zip(names_out, runner(arrays)))
+        return dict(zip(names_out, runner(arrays), strict=True))
     return infer
 
 
@@ -243,8 +243,8 @@ def serve(repository: str | os.PathLike, models: Sequence[str] | None = None, *,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="triton/serve.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model_repository", required=True, help="made by triton/generate_model_repository.py")
+    p = argparse.ArgumentParser(prog="deploy/triton/serve.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_repository", required=True, help="made by deploy/triton/generate_model_repository.py")
     p.add_argument("--models", default=None, help="comma-separated model folders (default: all)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind HTTP and gRPC to")
     p.add_argument("--http_port", type=int, default=8000)

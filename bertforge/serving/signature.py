@@ -131,7 +131,7 @@ class ExportManifest:
         path = Path(export_dir) / MANIFEST_NAME
         if not path.is_file():
             raise DataError(f"{path}: no such file (is {export_dir} an export directory made by "
-                            "triton/export_model.py?)")
+                            "deploy/triton/export_model.py?)")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

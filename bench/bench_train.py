@@ -1,0 +1,440 @@
+"""Pretraining-step and QA-inference benchmark: bertforge vs Hugging Face on identical batches.
+
+    .venv/bin/python bench/bench_train.py --data results/data [--write docs/benchmarks.md]
+
+Cases (fp32, CPU, all in one run, ours and the baseline alternating after warm-up):
+  base-p1    BERT-base, seq 128, 20 masked per sequence, full-length sequences
+  base-p1r   BERT-base, real phase-1 batches from the Wikipedia sample's HDF5 shards
+  base-p2    BERT-base, real phase-2 batches (seq <= 512, 80 masked) from the Parquet shards
+  small-p1   4 layers, hidden 256, seq 128, 20 masked, full-length sequences
+Ours: BertForPreTraining (unpadding, masked-only MLM head, fast dropout) + LAMB + poly warm-up
+through the real TrainStep. Baseline: transformers.BertForPreTraining (sdpa attention) +
+torch.optim.AdamW + linear warm-up, as a user of Hugging Face would run it. Both see the same
+padded batch tensors and start from the same weights.
+
+Also: useful-FLOP utilization (model FLOPs on real tokens, masked-only head, over a large
+fp32 matmul's rate measured in this run), peak RSS of each side (separate child processes),
+the data loader's batches/s against the training step's consumption, and QA inference at
+seq 384 (batch 1 latency, batch 32 throughput) vs transformers.BertForQuestionAnswering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bertforge.config import ModelConfig  # noqa: E402
+from bertforge.model.bert import (  # noqa: E402
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    pretraining_loss,
+)
+
+CASES = {
+    # name: (config, seq, predictions, batch, source)
+    "base-p1": ("base", 128, 20, 32, "synthetic"),
+    "base-p1r": ("base", 128, 20, 32, "hdf5"),
+    "base-p2": ("base", 512, 80, 8, "parquet"),
+    "small-p1": ("small", 128, 20, 32, "synthetic"),
+}
+
+
+def model_config(name: str) -> ModelConfig:
+    return ModelConfig.from_json_file(REPO / "bert_configs" / f"{name}.json")
+
+
+# ---- batches ---------------------------------------------------------------------------------
+
+def synthetic_batches(cfg: ModelConfig, B: int, L: int, P: int, n: int, seed: int = 0) -> list[dict]:
+    """Full-length sequences ([CLS] A [SEP] B [SEP]) with P masked positions each."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1000, cfg.vocab_size, (B, L), generator=g)
+        ids[:, 0], ids[:, L // 2], ids[:, -1] = 101, 102, 102
+        tt = torch.zeros_like(ids)
+        tt[:, L // 2 + 1:] = 1
+        labels = torch.full_like(ids, -1)
+        for b in range(B):
+            pos = torch.randperm(L - 3, generator=g)[:P] + 1
+            pos = pos[pos != L // 2]
+            labels[b, pos] = ids[b, pos]
+            ids[b, pos] = 103
+        out.append(dict(input_ids=ids, token_type_ids=tt, attention_mask=torch.ones_like(ids),
+                        masked_lm_labels=labels, next_sentence_labels=torch.randint(0, 2, (B,), generator=g)))
+    return out
+
+
+def real_batches(data_dir: Path, kind: str, B: int, P: int, n: int) -> list[dict]:
+    from bertforge.data.loader import PretrainingDataLoader, discover_shards
+
+    sub = {"hdf5": "phase1", "parquet": "phase2"}[kind]
+    cands = [p for p in sorted(data_dir.rglob("*")) if p.is_dir() and sub in p.name]
+    if not cands:
+        raise SystemExit(f"error: no {sub} shard directory under {data_dir} "
+                         f"(make it with: bash data/create_datasets_from_start.sh sample {data_dir})")
+    files = discover_shards(cands[0])
+    vocab = next(iter(sorted(data_dir.rglob("vocab.txt"))), None)
+    loader = PretrainingDataLoader(files, batch_size=B, vocab_file=str(vocab) if vocab else None,
+                                   max_predictions_per_seq=P, seed=1)
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+# ---- the two training steps ------------------------------------------------------------------
+
+class Ours:
+    name = "bertforge"
+
+    def __init__(self, cfg, state_dict):
+        from bertforge.optim import PolyWarmUpScheduler, build_optimizer
+        from bertforge.precision import Precision
+        from bertforge.train.loop import TrainStep
+
+        self.model = BertForPreTraining(cfg).train()
+        self.model.load_state_dict(state_dict)
+        opt = build_optimizer(self.model, "lamb", lr=6e-3, weight_decay=0.01)
+        sched = PolyWarmUpScheduler(opt, warmup=0.2843, total_steps=7038)
+        self.step_fn = TrainStep(self.model, opt, sched, Precision.from_flags(False, False, torch.device("cpu")))
+
+    @staticmethod
+    def loss_fn(model, b):
+        scores, nsp = model(b["input_ids"], b["token_type_ids"], b["attention_mask"],
+                            masked_lm_labels=b["masked_lm_labels"])
+        return pretraining_loss(scores, nsp, b["masked_lm_labels"], b["next_sentence_labels"])[0]
+
+    def step(self, batch) -> float:
+        return self.step_fn.step([batch], self.loss_fn).loss
+
+
+class HF:
+    name = "transformers"
+
+    def __init__(self, cfg, state_dict):
+        import transformers
+
+        hf_cfg = transformers.BertConfig(**cfg.to_hf_dict())
+        hf_cfg._attn_implementation = "sdpa"
+        self.model = transformers.BertForPreTraining(hf_cfg).train()
+        self.model.load_state_dict(state_dict)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+        self.sched = transformers.get_linear_schedule_with_warmup(self.opt, 100, 10000)
+
+    def step(self, b) -> float:
+        labels = b["masked_lm_labels"].masked_fill(b["masked_lm_labels"] == -1, -100)
+        out = self.model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                         attention_mask=b["attention_mask"], labels=labels,
+                         next_sentence_label=b["next_sentence_labels"])
+        out.loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(out.loss)
+
+
+def flops_per_step(cfg: ModelConfig, batch: dict) -> float:
+    """Useful model FLOPs of one training step (forward + backward = 3 x forward): real tokens
+    only, attention on real tokens, the MLM head on masked tokens only."""
+    H, I, Lyr, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.padded_vocab_size
+    lengths = batch["attention_mask"].sum(1).double()
+    tokens = lengths.sum().item()
+    attn = (lengths ** 2).sum().item()
+    masked = int((batch["masked_lm_labels"] != -1).sum())
+    B = batch["input_ids"].shape[0]
+    fwd = Lyr * (2 * tokens * (4 * H * H + 2 * H * I) + 4 * attn * H)
+    fwd += 2 * masked * (H * H + H * V) + 2 * B * (H * H + 2 * H)
+    return 3.0 * fwd
+
+
+def matmul_rate(n: int = 4096, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def summary(times: list[float]) -> dict:
+    return dict(min=min(times), median=statistics.median(times), max=max(times))
+
+
+def run_case(name: str, args) -> dict:
+    cfg_name, L, P, B, source = CASES[name]
+    cfg = model_config(cfg_name)
+    n = args.distinct_batches
+    batches = (synthetic_batches(cfg, B, L, P, n) if source == "synthetic"
+               else real_batches(Path(args.data), source, B, P, n))
+    torch.manual_seed(0)
+    init = BertForPreTraining(cfg).state_dict()
+    sides = [Ours(cfg, init), HF(cfg, init)]
+    for s in sides:  # warm-up: allocator, oneDNN primitives, optimizer state
+        for b in batches[: args.warmup]:
+            s.step(b)
+    times = {s.name: [] for s in sides}
+    seqs = []
+    for r in range(args.repeats):
+        b = batches[r % n]
+        seqs.append(b["input_ids"].shape[0])
+        for s in (sides if r % 2 == 0 else sides[::-1]):  # alternate the order
+            t = time.perf_counter()
+            s.step(b)
+            times[s.name].append(time.perf_counter() - t)
+    flops = statistics.mean(flops_per_step(cfg, batches[r % n]) for r in range(args.repeats))
+    res = {"case": name, "config": cfg_name, "seq": L, "pred": P, "batch": B, "source": source,
+           "mean_real_tokens_per_seq": statistics.mean(
+               float(b["attention_mask"].sum(1).float().mean()) for b in batches),
+           "padded_len": statistics.mean(b["input_ids"].shape[1] for b in batches),
+           "flops_per_step": flops}
+    for k, v in times.items():
+        res[k] = summary(v)
+        res[k]["seq_per_s_median"] = B / res[k]["median"]
+    res["speedup_median"] = res["transformers"]["median"] / res["bertforge"]["median"]
+    del sides
+    return res
+
+
+# ---- peak memory (one child process per side) --------------------------------------------------
+
+def child_memory(case: str, side: str, steps: int, data: str | None) -> None:
+    cfg_name, L, P, B, source = CASES[case]
+    cfg = model_config(cfg_name)
+    batches = (synthetic_batches(cfg, B, L, P, 1) if source == "synthetic"
+               else real_batches(Path(data), source, B, P, 1))
+    torch.manual_seed(0)
+    init = BertForPreTraining(cfg).state_dict()
+    s = (Ours if side == "ours" else HF)(cfg, init)
+    del init
+    for _ in range(steps):
+        s.step(batches[0])
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory(case: str, args) -> dict:
+    out = {}
+    for side in ("ours", "hf"):
+        cmd = [sys.executable, __file__, "--memory-child", case, side]
+        if args.data:
+            cmd += ["--data", args.data]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[side] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return out
+
+
+# ---- data loader throughput ----------------------------------------------------------------------
+
+def loader_rate(args, n: int = 200) -> float | None:
+    if not args.data:
+        return None
+    from bertforge.data.loader import PretrainingDataLoader, discover_shards
+
+    cands = [p for p in sorted(Path(args.data).rglob("*")) if p.is_dir() and "phase1" in p.name]
+    if not cands:
+        return None
+    loader = PretrainingDataLoader(discover_shards(cands[0]), batch_size=32, max_predictions_per_seq=20, seed=2)
+    it = iter(loader)
+    next(it)
+    t = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return n / (time.perf_counter() - t)
+
+
+# ---- QA inference ----------------------------------------------------------------------------------
+
+def qa_inference(args) -> dict:
+    import transformers
+
+    cfg = model_config("base")
+    torch.manual_seed(0)
+    ours = BertForQuestionAnswering(cfg).eval()
+    hf_cfg = transformers.BertConfig(**cfg.to_hf_dict())
+    hf_cfg._attn_implementation = "sdpa"
+    hf = transformers.BertForQuestionAnswering(hf_cfg).eval()
+    hf.load_state_dict(ours.state_dict())
+    L = 384
+    lengths = real_squad_lengths(args, L)
+    g = torch.Generator().manual_seed(1)
+
+    def batch(B, offset):
+        ids = torch.zeros(B, L, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i in range(B):
+            n = lengths[(offset + i) % len(lengths)]
+            ids[i, :n] = torch.randint(1000, 30000, (n,), generator=g)
+            mask[i, :n] = 1
+        return ids, torch.zeros_like(ids), mask
+
+    res = {"mean_tokens": statistics.mean(lengths), "seq": L}
+    for B, reps in ((1, args.qa_repeats * 4), (32, args.qa_repeats)):
+        data = [batch(B, k * B) for k in range(reps)]
+        times = {"bertforge": [], "transformers": []}
+        with torch.inference_mode():
+            for ids, tt, mask in data[:2]:
+                ours(ids, tt, mask)
+                hf(input_ids=ids, token_type_ids=tt, attention_mask=mask)
+            for k, (ids, tt, mask) in enumerate(data):
+                order = [("bertforge", lambda: ours(ids, tt, mask)),
+                         ("transformers", lambda: hf(input_ids=ids, token_type_ids=tt, attention_mask=mask))]
+                for name, fn in (order if k % 2 == 0 else order[::-1]):
+                    t = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t)
+        res[f"batch{B}"] = {k: summary(v) for k, v in times.items()}
+        res[f"batch{B}"]["speedup_median"] = (res[f"batch{B}"]["transformers"]["median"]
+                                              / res[f"batch{B}"]["bertforge"]["median"])
+    return res
+
+
+def real_squad_lengths(args, L: int) -> list[int]:
+    """Token counts of [CLS] question [SEP] context [SEP] for real SQuAD questions (capped at L),
+    as inference.py pads them to max_seq_length; falls back to a fixed spread without the data."""
+    root = os.environ.get("BERTFORGE_REAL_DATA")
+    path = Path(root) / "squad" / "dev-v1.1-sample.json" if root else None
+    if not path or not path.exists():
+        return [160, 200, 240, 280, 384]
+    from tokenizers import BertWordPieceTokenizer
+
+    tok = BertWordPieceTokenizer(str(Path(root) / "vocab" / "bert-base-uncased-vocab.txt"), lowercase=True)
+    pairs = []
+    for art in json.loads(path.read_text())["data"]:
+        for para in art["paragraphs"]:
+            for qa in para["qas"][:1]:
+                pairs.append((qa["question"], para["context"]))
+    encs = tok.encode_batch(pairs[:64])
+    return [min(len(e.ids), L) for e in encs]
+
+
+# ---- report ------------------------------------------------------------------------------------------
+
+def markdown(results: dict) -> str:
+    lines = ["## Training step and QA inference", "",
+             "`bench/bench_train.py` (issue 6): bertforge vs Hugging Face `transformers` on identical",
+             "batches, fp32, CPU, ours and the baseline alternating after warm-up, in one run:", "",
+             "```", results["command"], "```", "",
+             f"Machine: {results['machine']}; torch {results['torch']}, transformers {results['transformers']},",
+             f"{results['threads']} threads. Load average at start/end: {results['load_start']} / {results['load_end']}.",
+             "", "| case | batch x seq | mean real tokens/seq | bertforge s/step min/med/max | transformers s/step min/med/max "
+             "| bertforge seq/s | transformers seq/s | speedup (median) |",
+             "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for r in results["cases"]:
+        o, h = r["bertforge"], r["transformers"]
+        lines.append(f"| {r['case']} ({r['config']}, {r['source']}) | {r['batch']} x {r['seq']} "
+                     f"(padded to {r['padded_len']:.0f}) | {r['mean_real_tokens_per_seq']:.1f} | "
+                     f"{o['min']:.3f} / {o['median']:.3f} / {o['max']:.3f} | "
+                     f"{h['min']:.3f} / {h['median']:.3f} / {h['max']:.3f} | "
+                     f"{o['seq_per_s_median']:.2f} | {h['seq_per_s_median']:.2f} | **{r['speedup_median']:.2f}x** |")
+    lines += ["", f"fp32 matmul rate (4096^3, median of 5): {results['matmul_gflops']:.1f} GFLOP/s.", ""]
+    for r in results["cases"]:
+        util = r["flops_per_step"] / r["bertforge"]["median"] / (results["matmul_gflops"] * 1e9)
+        lines.append(f"- {r['case']}: useful model FLOPs per step {r['flops_per_step'] / 1e12:.3f} TFLOP, "
+                     f"bertforge utilization {100 * util:.1f}% of the matmul rate.")
+    if results.get("memory"):
+        lines += ["", "Peak RSS (separate child processes, a few steps each):", ""]
+        for case, m in results["memory"].items():
+            lines.append(f"- {case}: bertforge {m['ours']:.0f} MB, transformers {m['hf']:.0f} MB "
+                         f"(ratio {m['ours'] / m['hf']:.2f}).")
+    if results.get("loader_batches_per_s"):
+        step = next((r for r in results["cases"] if r["case"] == "base-p1r"), results["cases"][0])
+        consume = 1.0 / step["bertforge"]["median"]
+        lines += ["", f"Data loader (phase-1 HDF5, batch 32): {results['loader_batches_per_s']:.1f} batches/s; "
+                  f"the {step['case']} training step consumes {consume:.3f} batches/s: "
+                  f"**{results['loader_batches_per_s'] / consume:.0f}x** headroom."]
+    qa = results.get("qa")
+    if qa:
+        lines += ["", f"QA inference, BERT-base, seq {qa['seq']} (real SQuAD question+context lengths, "
+                  f"mean {qa['mean_tokens']:.0f} tokens, padded to {qa['seq']} as inference.py does):", "",
+                  "| batch | bertforge s min/med/max | transformers s min/med/max | speedup (median) |",
+                  "| --- | --- | --- | ---: |"]
+        for B in (1, 32):
+            q = qa[f"batch{B}"]
+            o, h = q["bertforge"], q["transformers"]
+            lines.append(f"| {B} | {o['min']:.4f} / {o['median']:.4f} / {o['max']:.4f} | "
+                         f"{h['min']:.4f} / {h['median']:.4f} / {h['max']:.4f} | **{q['speedup_median']:.2f}x** |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, text: str, marker: str = "bench_train") -> None:
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    body = f"{start}\n{text}{end}\n"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old:
+        pre, rest = old.split(start, 1)
+        new = pre + body + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + body
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+    p.add_argument("--data", help="output folder of data/create_datasets_from_start.sh (real batches)")
+    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--distinct_batches", type=int, default=3)
+    p.add_argument("--qa_repeats", type=int, default=4)
+    p.add_argument("--no_memory", action="store_true")
+    p.add_argument("--no_qa", action="store_true")
+    p.add_argument("--write", help="update this markdown file's section (e.g. docs/benchmarks.md)")
+    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--memory-child", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        child_memory(*args.memory_child, steps=2, data=args.data)
+        return
+    cases = [c for c in args.cases.split(",") if c]
+    for c in cases:
+        if c not in CASES:
+            raise SystemExit(f"error: --cases: unknown case {c!r}")
+        if CASES[c][4] != "synthetic" and not args.data:
+            raise SystemExit(f"error: case {c} needs --data (real shards)")
+    import transformers
+
+    results = {"command": "python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               "torch": torch.__version__, "transformers": transformers.__version__,
+               "threads": torch.get_num_threads(), "load_start": round(os.getloadavg()[0], 2), "cases": []}
+    results["matmul_gflops"] = matmul_rate() / 1e9
+    print(f"matmul {results['matmul_gflops']:.1f} GFLOP/s", flush=True)
+    for c in cases:
+        r = run_case(c, args)
+        results["cases"].append(r)
+        print(f"{c}: ours {r['bertforge']['median']:.3f}s  hf {r['transformers']['median']:.3f}s  "
+              f"speedup {r['speedup_median']:.2f}x", flush=True)
+    results["matmul_gflops_end"] = matmul_rate() / 1e9
+    if not args.no_memory:
+        results["memory"] = {c: peak_memory(c, args) for c in cases if c in ("base-p1", "base-p2", "small-p1")}
+        print("memory", results["memory"], flush=True)
+    results["loader_batches_per_s"] = loader_rate(args)
+    if not args.no_qa:
+        results["qa"] = qa_inference(args)
+        print("qa", {k: v.get("speedup_median") for k, v in results["qa"].items() if isinstance(v, dict)}, flush=True)
+    results["load_end"] = round(os.getloadavg()[0], 2)
+    text = markdown(results)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.write:
+        write_section(Path(args.write), text)
+
+
+if __name__ == "__main__":
+    main()
