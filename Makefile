@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all test-slurm demo lint lint-shell bench clean
+.PHONY: install install-serve test test-all test-slurm demo serve-demo lint lint-shell bench clean
 
 install: $(STAMP)
 
@@ -17,10 +17,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-test: install
+# The Triton server side (nvidia-pytriton pins numpy<2) lives in its own venv; bertforge goes in
+# without dependencies (the server needs no torch). Used by the `triton` tests and serve-demo.
+VENV_TRITON := .venv-triton
+TRITON_STAMP := $(VENV_TRITON)/.installed
+install-serve: $(TRITON_STAMP)
+$(TRITON_STAMP): deploy/triton/requirements-server.txt pyproject.toml
+	@test -x $(VENV_TRITON)/bin/python || $(PYTHON) -m venv $(VENV_TRITON)
+	$(VENV_TRITON)/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/triton/requirements-server.txt
+	$(VENV_TRITON)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(TRITON_STAMP)
+
+test: install install-serve
 	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)
 
-test-all: install
+test-all: install install-serve
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # A real one-node Slurm cluster (installed with apt-get when missing; needs root):
@@ -32,6 +43,11 @@ demo: install
 	@echo "make demo: the end-to-end demo (Wikipedia sample -> vocab -> shards -> two-phase pretraining"
 	@echo "-> held-out MLM accuracy -> fill-mask -> plot) is not wired up yet; see issue 7."
 
+# Fine-tune a small demo QA model (or use SERVE_DEMO_ARGS="--init_checkpoint CKPT"), export it,
+# serve it with a real Triton server on 127.0.0.1 and answer a question over HTTP and gRPC.
+serve-demo: install install-serve
+	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) deploy/triton/serve_demo.py $(SERVE_DEMO_ARGS)
+
 lint: install lint-shell
 	$(PY) -m ruff check bertforge tests *.py
 
@@ -42,4 +58,4 @@ lint-shell: install
 	$(VENV)/bin/hadolint Dockerfile Dockerfile.cpu
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_TRITON) *.egg-info .pytest_cache .ruff_cache

@@ -75,7 +75,7 @@ def _inprocess_onnx(path, feats, batch_size, names):
     for i in range(0, len(feats), batch_size):
         sl = slice(i, i + batch_size)
         feed = {n: a[sl].astype(np.int32) for n, a in zip(names, (feats.input_ids, feats.token_type_ids,
-                                                                  feats.attention_mask))}
+                                                                  feats.attention_mask), strict=True)}
         t0 = time.perf_counter()
         session.run(None, feed)
         lat.append(time.perf_counter() - t0)
@@ -162,7 +162,7 @@ def main() -> int:
                               concurrency=conc, **windows)
                     preds, stats = run_squad(url, "bert_qa_onnx", examples, tokenizer, protocol=protocol,
                                              batch_size=bs, concurrency=conc, **windows)
-                    agree = sum(p.text == r for p, r in zip(preds, ref))
+                    agree = sum(p.text == r for p, r in zip(preds, ref, strict=True))
                     add(f"Triton {protocol}", stats, agree)
         figures["server_leftover_processes"] = len(srv.leftovers)
 

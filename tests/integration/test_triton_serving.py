@@ -3,7 +3,7 @@
 The module starts one server on loopback (free ports, private PYTRITON_HOME) for a tiny QA
 model exported to ONNX and put in a generated model repository, then:
 * answers real SQuAD questions over HTTP and gRPC and compares every answer with
-  in-process inference (``answer_questions``, what inference.py runs);
+  inference.py's (run in-process on a checkpoint of the same model, same window settings);
 * checks in Triton's own statistics that dynamic batching merged concurrent requests;
 * sends bad requests (wrong dtype, wrong shape, over-long, out-of-range ids, empty context)
   and checks the errors and that the server still answers afterwards;
@@ -22,13 +22,15 @@ import pytest
 import torch
 
 from bertforge.config import ModelConfig
+from bertforge.cli.inference import main as inference_main
 from bertforge.errors import UserError
 from bertforge.model.bert import BertForQuestionAnswering
+from bertforge.model.convert import save_bertforge
 from bertforge.serving import export as ex
 from bertforge.serving.client import ClientError, ServerError, TritonQAClient, run_squad
 from bertforge.serving.launcher import TritonServerProcess, processes_under, triton_python
 from bertforge.serving.repository import BatchingOptions, generate_repository
-from bertforge.tasks.squad import answer_questions, examples_from_pairs, read_squad_examples
+from bertforge.tasks.squad import examples_from_pairs, read_squad_examples
 from bertforge.tasks.text import load_tokenizer
 from tests.conftest import real_data_path
 
@@ -60,9 +62,16 @@ def setup(tmp_path_factory):
     generate_repository(tmp / "export", tmp / "repo", model_name="bert_qa", formats=("onnx",),
                         options=BatchingOptions(max_batch_size=8, preferred_batch_sizes=[4, 8],
                                                 max_queue_delay_us=5000))
-    # The reference: in-process inference with the same windows and decoding.
-    reference = answer_questions(model, tokenizer, [e.question for e in examples], [e.context for e in examples],
-                                 batch_size=8, **WINDOWS)
+    # The reference: inference.py itself (in-process) on a saved checkpoint of the model.
+    ckpt = save_bertforge(model, tmp / "qa.pt")
+    questions = tmp / "questions.json"
+    questions.write_text(json.dumps([{"id": e.qas_id, "question": e.question, "context": e.context}
+                                     for e in examples]))
+    reference = inference_main(["--init_checkpoint", str(ckpt), "--vocab_file", str(vocab), "--do_lower_case",
+                                "--json", str(questions), "--output", str(tmp / "answers.json"),
+                                "--n_best_size", "20", "--batch_size", "8", "--no_cuda",
+                                *(f"--{k}={v}" for k, v in WINDOWS.items())])
+    assert [r["id"] for r in reference] == [e.qas_id for e in examples]
     server = TritonServerProcess(tmp / "repo", [MODEL], python=python).start()
     yield dict(server=server, model=model, tokenizer=tokenizer, examples=examples, reference=reference,
                squad=squad, vocab=vocab, tmp=tmp)
@@ -72,7 +81,7 @@ def setup(tmp_path_factory):
 
 def _assert_same_answers(preds, reference):
     assert len(preds) == len(reference)
-    for p, r in zip(preds, reference):
+    for p, r in zip(preds, reference, strict=True):
         assert p.text == r["answer"], p.qas_id
         assert (p.start_char, p.end_char) == (r["start"], r["end"])
         assert abs(p.probability - r["probability"]) < 1e-4
@@ -134,25 +143,25 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(setup):
             names = [n for n, _ in c.inputs]
             # Wrong dtype: Triton itself rejects it (the config says INT32).
             with pytest.raises(ServerError, match="data-type is .FP32., but model .bert_qa_onnx. expects .INT32."):
-                c.infer_raw(dict(zip(names, (ids.astype(np.float32), ones, ones))))
+                c.infer_raw(dict(zip(names, (ids.astype(np.float32), ones, ones), strict=True)))
             # Wrong rank.
             with pytest.raises(ServerError):
-                c.infer_raw(dict(zip(names, (ids[0], ones[0], ones[0]))))
+                c.infer_raw(dict(zip(names, (ids[0], ones[0], ones[0]), strict=True)))
             # Inputs of different lengths.
             with pytest.raises(ServerError, match="one shape"):
-                c.infer_raw(dict(zip(names, (ids, ones[:, :8], ones))))
+                c.infer_raw(dict(zip(names, (ids, ones[:, :8], ones), strict=True)))
             # Over-long: refused by the client, and by the server when sent anyway.
             long = np.ones((1, 600), np.int32)
             with pytest.raises(ClientError, match="exceeds the model's limit 512"):
                 c.infer(long, long, long)
             with pytest.raises(ServerError, match="sequence length 600"):
-                c.infer_raw(dict(zip(names, (long, long * 0, long))))
+                c.infer_raw(dict(zip(names, (long, long * 0, long), strict=True)))
             # Token id outside the vocabulary; batch larger than max_batch_size.
             with pytest.raises(ServerError, match="token id 99999"):
-                c.infer_raw(dict(zip(names, (ids * 0 + 99999, ones * 0, ones))))
+                c.infer_raw(dict(zip(names, (ids * 0 + 99999, ones * 0, ones), strict=True)))
             big = np.ones((9, 16), np.int32)
             with pytest.raises(ServerError):
-                c.infer_raw(dict(zip(names, (big, big, big))))
+                c.infer_raw(dict(zip(names, (big, big, big), strict=True)))
             # Still serving, with the right answer.
             (pred,), _ = run_squad(url, MODEL, [ex0], setup["tokenizer"], protocol=protocol, **WINDOWS)
             assert pred.text == ref["answer"]

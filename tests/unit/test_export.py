@@ -86,7 +86,7 @@ def test_qa_onnx_matches_pytorch_on_real_windows(qa_export, windows):
                                  "input__2": mask.astype(np.int32)})
         ref = _torch(model, ids, types, mask)
         real = mask.astype(bool)
-        for g, r in zip(got, ref):
+        for g, r in zip(got, ref, strict=True):
             assert g.shape == r.shape
             assert np.abs(g - r)[real].max() <= 1e-4
     check = manifest.get("onnx").check
@@ -102,7 +102,7 @@ def test_qa_torchscript_matches_pytorch_on_real_windows(qa_export, windows):
                 got = ts(*(torch.as_tensor(a).to(dtype) for a in (ids, types, mask)))
             ref = _torch(model, ids, types, mask)
             real = mask.astype(bool)
-            for g, r in zip(got, ref):
+            for g, r in zip(got, ref, strict=True):
                 assert np.abs(g.numpy() - r)[real].max() <= 1e-4
     assert manifest.get("torchscript").inputs[0].name == "input__0"
 

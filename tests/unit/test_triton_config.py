@@ -12,7 +12,12 @@ from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError, DataError
 from bertforge.model.bert import BertForQuestionAnswering, BertForSequenceClassification
 from bertforge.serving import export as ex
-from bertforge.serving.repository import BatchingOptions, generate_repository, latest_version, parse_config
+from bertforge.serving.repository import (
+    BatchingOptions,
+    generate_repository,
+    latest_version,
+    parse_config,
+)
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (dev extra) ships Triton's model_config proto")
 from tritonclient.grpc import model_config_pb2  # noqa: E402
