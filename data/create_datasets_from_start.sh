@@ -13,6 +13,9 @@
 #   DUPE_FACTOR [5]  HOLDOUT_FRACTION [0.05]  BIN_SIZE [64]  SEED [12345]
 #   PHASE1_SEQ [128] PHASE1_PRED [20] PHASE2_SEQ [512] PHASE2_PRED [80]
 #   SKIP_PHASE2 [0]  WIKI_DUMP_URL [enwiki latest pages-articles]
+#   SKIP_EXISTING [0]  1: skip each step whose complete output is there (its last file,
+#     written atomically: text/shards.json, vocab.txt, <shard dir>/.num_samples.json), so
+#     a rerun after an interruption resumes at the unfinished step
 set -euo pipefail
 mode="${1:-sample}"
 out="${2:-results/data}"
@@ -33,6 +36,10 @@ esac
 mkdir -p "$out"
 t0=$SECONDS
 step() { echo "[$((SECONDS - t0))s] $*" >&2; }
+have() {  # marker -> true (and say so) when SKIP_EXISTING=1 and the step's last output exists
+  [[ "${SKIP_EXISTING:-0}" == 1 && -e "$1" ]] || return 1
+  step "skipping: $1 exists"
+}
 
 # 1. the dump
 if [[ "$mode" == sample ]]; then
@@ -51,10 +58,10 @@ else
 fi
 
 # 2. text shards: one sentence per line, blank line between documents
-step "extracting text from $dump"
+have "$out/text/shards.json" || { step "extracting text from $dump"
 "$PYTHON" -m bertforge.cli.prepare_text --input "$dump" --output_dir "$out/text" \
   --num_shards "$text_shards" --holdout_fraction "${HOLDOUT_FRACTION:-0.05}" \
-  --seed "$seed" --num_workers "$workers"
+  --seed "$seed" --num_workers "$workers"; }
 
 # 3. vocabulary
 if [[ -n "${VOCAB_FILE:-}" ]]; then
@@ -62,26 +69,28 @@ if [[ -n "${VOCAB_FILE:-}" ]]; then
   step "using the given vocab $vocab"
 else
   vocab="$out/vocab.txt"
-  step "training a WordPiece vocab (${VOCAB_SIZE:-30522})"
-  case_flag=--do_lower_case; [[ "$lower" == true ]] || case_flag=--no_lower_case
-  "$PYTHON" -m bertforge.cli.prepare_vocab --input "$out/text/train" --output "$vocab" \
-    --vocab_size "${VOCAB_SIZE:-30522}" "$case_flag"
+  if ! have "$vocab"; then
+    step "training a WordPiece vocab (${VOCAB_SIZE:-30522})"
+    case_flag=--do_lower_case; [[ "$lower" == true ]] || case_flag=--no_lower_case
+    "$PYTHON" -m bertforge.cli.prepare_vocab --input "$out/text/train" --output "$vocab" \
+      --vocab_size "${VOCAB_SIZE:-30522}" "$case_flag"
+  fi
 fi
 
 common=(--vocab_file "$vocab" --do_lower_case "$lower" --random_seed "$seed"
         --dupe_factor "${DUPE_FACTOR:-5}" --num_workers "$workers")
 # 4. phase 1: NVIDIA HDF5, static masking
-step "phase 1 HDF5 (${PHASE1_SEQ:-128}/${PHASE1_PRED:-20})"
+have "$out/phase1_hdf5/.num_samples.json" || { step "phase 1 HDF5 (${PHASE1_SEQ:-128}/${PHASE1_PRED:-20})"
 "$PYTHON" -m bertforge.cli.create_pretraining_data --input_file "$out/text/train" \
   --output_file "$out/phase1_hdf5" --max_seq_length "${PHASE1_SEQ:-128}" \
-  --max_predictions_per_seq "${PHASE1_PRED:-20}" --num_shards "$shards" "${common[@]}"
-if [[ -d "$out/text/holdout" ]]; then
+  --max_predictions_per_seq "${PHASE1_PRED:-20}" --num_shards "$shards" "${common[@]}"; }
+if [[ -d "$out/text/holdout" ]] && ! have "$out/phase1_holdout_hdf5/.num_samples.json"; then
   "$PYTHON" -m bertforge.cli.create_pretraining_data --input_file "$out/text/holdout" \
     --output_file "$out/phase1_holdout_hdf5" --max_seq_length "${PHASE1_SEQ:-128}" \
     --max_predictions_per_seq "${PHASE1_PRED:-20}" --num_shards 1 "${common[@]}"
 fi
 # 5. phase 2: LDDL Parquet, static masking, length bins
-if [[ "${SKIP_PHASE2:-0}" != 1 ]]; then
+if [[ "${SKIP_PHASE2:-0}" != 1 ]] && ! have "$out/phase2_parquet/.num_samples.json"; then
   step "phase 2 Parquet (${PHASE2_SEQ:-512}/${PHASE2_PRED:-80}, bins of ${BIN_SIZE:-64})"
   "$PYTHON" -m bertforge.cli.create_pretraining_data --input_file "$out/text/train" \
     --output_file "$out/phase2_parquet" --output_format parquet \

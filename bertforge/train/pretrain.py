@@ -504,7 +504,8 @@ class _Trainer:
             ensure_dir(args.output_dir)
         json_path = args.json_summary or os.path.join(args.output_dir, "dllogger.json")
         logger = Logger(json_path if info.is_main else None, stdout=info.is_main,
-                        append=bool(start.restore_all),
+                        # a resumed run and phase 2 continue the file (one curve for both phases)
+                        append=bool(start.restore_all) or self.phase == 2,
                         tensorboard_dir=args.tensorboard_dir if info.is_main else None)
         for metric, unit in (("e2e_train_time", "s"), ("training_sequences_per_second", "sequences/s"),
                              ("final_loss", None), ("raw_train_time", "s")):
