@@ -162,10 +162,14 @@ def read_examples(task: GlueTask, path: str | os.PathLike, set_type: str = "dev"
                         f"header has {', '.join(header[:12]) or 'nothing'})")
     need = max(c for c in cols if c is not None) + 1
     examples = []
+    seen: dict[str, int] = {}
     for line_no, row in enumerate(body, start=first_line):
         if len(row) < need:
             raise DataError(f"{path}: line {line_no}: {len(row)} columns, task {task.name} needs {need}")
         guid = f"{set_type}-{row[id_col] if id_col is not None else line_no - first_line}"
+        if guid in seen:  # predictions.json is keyed by these ids
+            raise DataError(f"{path}: line {line_no}: id {guid!r} repeats line {seen[guid]}")
+        seen[guid] = line_no
         label = row[cols[2]].strip() if cols[2] is not None else None
         if label is not None:
             if task.is_regression:
