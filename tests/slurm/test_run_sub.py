@@ -3,9 +3,10 @@
 1. Data preparation with 1 task and with 2 srun tasks (+ the balance step) gives the same
    final shard set.
 2. Phase 1 then phase 2 as two Slurm jobs chained with --dependency=afterok (phase 2 finds
-   phase 1's checkpoint itself), once undisturbed and once with `scontrol requeue` hitting
-   each phase mid-run; the requeued jobs resume from their SIGTERM checkpoint and end with
-   exactly the checkpoints of the undisturbed chain.
+   phase 1's checkpoint itself), once undisturbed and once interrupted mid-run in each
+   phase (phase 1: `scontrol requeue`, as preemption does; phase 2: the USR1 that
+   `--signal=B:USR1@300` sends before a time limit); the interrupted jobs resume from their
+   SIGTERM checkpoint and end with exactly the checkpoints of the undisturbed chain.
 
 The model is bert_configs/tiny.json with its vocabulary cut to the test corpus (512
 entries) so that a step takes ~0.1 s on a shared 2-core machine.
@@ -58,33 +59,39 @@ def shard_set(folder: Path) -> dict[str, object]:
     return out
 
 
-def test_data_prep_one_task_equals_two_srun_tasks(slurm, work: dict) -> None:
-    root, env = work["root"], work["env"]
+@pytest.fixture(scope="module")
+def prepared(slurm, work: dict) -> dict:
+    """Phase-1 shards (seq 64) made by DATA_ONLY jobs with 1 task and with 2 srun tasks."""
+    root = work["root"]
+    env = {**work["env"], "DATA_ONLY": "true", "MAX_SEQ_LENGTH": "64", "MAX_PREDICTIONS_PER_SEQ": "10"}
     one = slurm.sbatch(RUN_SUB, root / "prep1.out", "--ntasks=1",
-                       env={**env, "DATA_ONLY": "true", "DASK_TASKS_PER_NODE": "1",
-                            "DATADIR": str(root / "prep1")})
+                       env={**env, "DASK_TASKS_PER_NODE": "1", "DATADIR": str(root / "prep1")})
     two = slurm.sbatch(RUN_SUB, root / "prep2.out", "--nodes=1", "--ntasks-per-node=2",
-                       env={**env, "DATA_ONLY": "true", "DATADIR": str(root / "prep2")})
+                       env={**env, "DATADIR": str(root / "prep2")})
     assert one.wait() == "COMPLETED", one.log()
     assert two.wait() == "COMPLETED", two.log()
+    return {"one": one, "two": two, "dir1": root / "prep1", "dir2": root / "prep2"}
+
+
+def test_data_prep_one_task_equals_two_srun_tasks(prepared: dict) -> None:
+    one, two = prepared["one"], prepared["two"]
     # the 2-task job really split the files over two srun tasks, then balanced
     log2 = two.log()
     assert re.search(r"^0: task 0/2: \d+ instances", log2, re.M), log2
     assert re.search(r"^1: task 1/2: \d+ instances", log2, re.M), log2
     assert "balanced" in log2 and "task 0/1" not in one.log()
-    a, b = shard_set(root / "prep1"), shard_set(root / "prep2")
+    a, b = shard_set(prepared["dir1"]), shard_set(prepared["dir2"])
     assert a.keys() == b.keys() and len(a) == 2 * 2 + 1   # NUM_SHARDS_PER_WORKER x GPUS shards
     for name in a:
         assert a[name] == b[name] if name.startswith(".") else a[name].equals(b[name]), name
     sizes = list(a[".num_samples.json"].values())
     assert max(sizes) - min(sizes) <= 1 and sum(sizes) > 1000
-    assert not (root / "prep2" / ".parts").exists()
+    assert not (prepared["dir2"] / ".parts").exists()
 
 
-def _phase_env(work: dict, phase: int) -> dict:
-    root = work["root"]
+def _phase_env(work: dict, phase: int, phase1_data: Path) -> dict:
     common = {**work["env"], "PHASE": str(phase), "NUM_STEPS_PER_CHECKPOINT": str(CKPT_EVERY),
-              "DATADIR": str(root / "p1"), "DATADIR_PHASE2": str(root / "p2")}
+              "DATADIR": str(phase1_data), "DATADIR_PHASE2": str(work["root"] / "p2")}
     if phase == 1:
         return {**common, "TRAIN_BATCH_SIZE": "8", "GRADIENT_ACCUMULATION_STEPS": "2",
                 "LEARNING_RATE": "1e-3", "WARMUP_PROPORTION": "0.1", "MAX_SEQ_LENGTH": "64",
@@ -95,14 +102,22 @@ def _phase_env(work: dict, phase: int) -> dict:
             "MAX_STEPS": str(P2_STEPS)}
 
 
-def _requeue_when(slurm, job, ckpt: Path, timeout: float = 240) -> None:
-    """`scontrol requeue` the job as soon as `ckpt` exists (the job is mid-run then)."""
+def _interrupt_when(slurm, job, ckpt: Path, how: str, timeout: float = 240) -> None:
+    """Interrupt the job as soon as `ckpt` exists (the job is mid-run then).
+
+    how="requeue": `scontrol requeue` (what preemption does: SIGTERM to every task, rerun);
+    how="timelimit": USR1 to the batch shell, as `#SBATCH --signal=B:USR1@300` sends it
+    before the time limit; run.sub then stops the ranks and requeues the job itself.
+    """
     deadline = time.monotonic() + timeout
     while not ckpt.exists():
         assert time.monotonic() < deadline, f"{ckpt} never appeared:\n{job.log()}"
         assert job.state() in ("PENDING", "RUNNING", "CONFIGURING"), job.log()
         time.sleep(0.1)
-    proc = slurm.run(["scontrol", "requeue", job.job_id])
+    if how == "requeue":
+        proc = slurm.run(["scontrol", "requeue", job.job_id])
+    else:
+        proc = slurm.run(["scancel", "--batch", "--signal=USR1", job.job_id])
     assert proc.returncode == 0, proc.stderr
 
 
@@ -120,22 +135,23 @@ def _same_checkpoint(a: Path, b: Path) -> None:
                 assert torch.equal(t, sb[pid][name]), f"optimizer {pid}/{name} differs"
 
 
-def test_phase1_phase2_chain_with_requeue_matches_undisturbed(slurm, work: dict) -> None:
+def test_phase1_phase2_chain_with_requeue_matches_undisturbed(slurm, work: dict, prepared: dict) -> None:
     root = work["root"]
     results = root / "results"
     opts = ("--nodes=1", "--ntasks-per-node=2")
-    # undisturbed chain; phase 1 also makes the phase-1 shards, phase 2 the phase-2 ones
-    p1 = slurm.sbatch(RUN_SUB, root / "p1.out", *opts, env=_phase_env(work, 1))
+    data1 = prepared["dir2"]  # phase 1 trains on the 2-task shards; phase 2 makes its own
+    # undisturbed chain
+    p1 = slurm.sbatch(RUN_SUB, root / "p1.out", *opts, env=_phase_env(work, 1, data1))
     p2 = slurm.sbatch(RUN_SUB, root / "p2.out", *opts, f"--dependency=afterok:{p1.job_id}",
-                      env=_phase_env(work, 2))
+                      env=_phase_env(work, 2, data1))
     # the same chain, requeued mid-run in each phase (runs after the first one)
     q1 = slurm.sbatch(RUN_SUB, root / "q1.out", *opts, f"--dependency=afterok:{p2.job_id}",
-                      env=_phase_env(work, 1))
+                      env=_phase_env(work, 1, data1))
     q2 = slurm.sbatch(RUN_SUB, root / "q2.out", *opts, f"--dependency=afterok:{q1.job_id}",
-                      env=_phase_env(work, 2))
+                      env=_phase_env(work, 2, data1))
 
-    _requeue_when(slurm, q1, results / q1.job_id / f"ckpt_{CKPT_EVERY}.pt")
-    _requeue_when(slurm, q2, results / q2.job_id / f"ckpt_{P1_STEPS + CKPT_EVERY}.pt")
+    _interrupt_when(slurm, q1, results / q1.job_id / f"ckpt_{CKPT_EVERY}.pt", "requeue")
+    _interrupt_when(slurm, q2, results / q2.job_id / f"ckpt_{P1_STEPS + CKPT_EVERY}.pt", "timelimit")
     for job in (p1, p2, q1, q2):
         assert job.wait() == "COMPLETED", job.log()
 
@@ -144,6 +160,9 @@ def test_phase1_phase2_chain_with_requeue_matches_undisturbed(slurm, work: dict)
     assert f"phase 2 starts from {p1_final} (phase 1 ended at step {P1_STEPS})" in p2.log()
     q1_final = results / q1.job_id / f"ckpt_{P1_STEPS}.pt"
     assert f"phase 2 starts from {q1_final}" in q2.log()
+    # phase 1 found its shards ready; phase 2 made the seq-128 shards inside its job first
+    assert "data prep" not in p1.log() and "data prep" in p2.log()
+    assert (root / "p2" / ".num_samples.json").is_file()
     # legacy names reached the trainer: phase 2 ran with BATCHSIZE=4, GRADIENT_STEPS=1
     assert "TRAIN_BATCH_SIZE=4 GRADIENT_ACCUMULATION_STEPS=1 LEARNING_RATE=5e-4" in p2.log()
 
@@ -158,12 +177,15 @@ def test_phase1_phase2_chain_with_requeue_matches_undisturbed(slurm, work: dict)
         assert first <= stopped < last, log
         assert f"resuming {what} from {results / job.job_id / f'ckpt_{stopped}.pt'}" in log, log
         assert "job " + job.job_id + " restart 1:" in log
+    # the time-limit path: run.sub itself stopped the ranks and requeued the job
+    assert "time limit near" in q2.log() and f"requeueing job {q2.job_id}" in q2.log()
 
     # the final checkpoints equal those of the undisturbed chain, bit for bit
     _same_checkpoint(p1_final, q1_final)
     _same_checkpoint(results / p2.job_id / f"ckpt_{P1_STEPS + P2_STEPS}.pt",
                      results / q2.job_id / f"ckpt_{P1_STEPS + P2_STEPS}.pt")
-    # both ranks logged through srun -l, and the dllogger summary has the final entry
-    assert re.search(r"^1: ", p1.log(), re.M) and re.search(r"^0: .*final_loss", p1.log(), re.M)
+    # rank 0 logs through srun -l for a 2-rank world; the dllogger summary has the final entry
+    assert re.search(r"^0: PARAMETER \| phase 1 \| world_size 2 ", p1.log(), re.M), p1.log()
+    assert re.search(r"^0: final .*final_loss", p1.log(), re.M), p1.log()
     summary = (results / q2.job_id / "dllogger.json").read_text()
     assert "final_loss" in summary
