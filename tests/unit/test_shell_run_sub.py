@@ -100,6 +100,7 @@ def test_phase1_defaults_and_legacy_precedence(env: dict, tmp_path: Path) -> Non
     assert f["--output_dir"] == str(submit / "results/500")
     assert f["--ntasks-per-node"] == "8" and "--fp16" in f and "--phase2" not in f
     assert "--resume_from_checkpoint" not in f
+    assert "--vocab_file" not in f            # no vocab at the default path: not passed
     assert train[train.index("-u") - 1] == "/usr/bin/python3"
     # rendezvous on the first node of the allocation, port from the job id
     assert "master node7:20500" in proc.stderr
@@ -111,11 +112,14 @@ def test_phase1_resumes_from_its_own_folder(env: dict) -> None:
     out = submit / "results/500"
     out.mkdir(parents=True)
     (out / "ckpt_40.pt").write_bytes(b"x")
+    vocab = submit / "data/vocab/vocab.txt"
+    vocab.parent.mkdir(parents=True)
+    vocab.write_text("[PAD]\n")
     proc, calls = run(env, SLURM_RESTART_COUNT="1", PRECISION="bf16", STEPS_THIS_RUN="50")
     assert proc.returncode == 0, proc.stderr
     f = flags(srun_calls(calls)[0])
     assert "--resume_from_checkpoint" in f and "--bf16" in f and "--fp16" not in f
-    assert f["--steps_this_run"] == "50"
+    assert f["--steps_this_run"] == "50" and f["--vocab_file"] == str(vocab)
     assert "resuming phase 1 from" in proc.stderr
 
 
