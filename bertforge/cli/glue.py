@@ -78,9 +78,8 @@ def _forward(model, batch):
     return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
 
 
-def _evaluate(args, task, model, tokenizer, rt) -> dict:
+def _evaluate(args, task, examples, model, tokenizer, rt) -> dict:
     """Predict the dev set; metrics (--do_eval) and predictions.json (--do_predict)."""
-    examples = glue.read_examples(task, Path(args.data_dir) / task.dev_file, "dev", with_labels=args.do_eval)
     arrays = glue.glue_features(examples, task, tokenizer, args.max_seq_length, with_labels=args.do_eval)
     inputs = {k: v for k, v in arrays.items() if k != "labels"}
     (logits,), latencies = finetune.predict(model, inputs, args.eval_batch_size, _forward, precision=rt.precision)
@@ -121,6 +120,10 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_dir(args.output_dir)
     logger = Logger(args.json_summary or Path(args.output_dir) / "dllogger.json") if rt.is_main else \
         Logger(None, stdout=False)
+    # Read the data before the (slow) model load so that bad files fail at once.
+    train_examples = glue.read_examples(task, Path(args.data_dir) / "train.tsv", "train") if args.do_train else None
+    dev_examples = glue.read_examples(task, Path(args.data_dir) / task.dev_file, "dev",
+                                      with_labels=args.do_eval) if (args.do_eval or args.do_predict) else None
     vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)
     tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
     model, report = finetune.load_task_model(args.init_checkpoint, BertForSequenceClassification,
@@ -140,17 +143,16 @@ def main(argv: list[str] | None = None) -> dict:
             max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
             train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
             seed=args.seed, log_freq=args.log_freq)
-        examples = glue.read_examples(task, Path(args.data_dir) / "train.tsv", "train")
-        arrays = glue.glue_features(examples, task, tokenizer, args.max_seq_length)
+        arrays = glue.glue_features(train_examples, task, tokenizer, args.max_seq_length)
         s = finetune.train(finetune.wrap_ddp(model, rt), arrays, _loss(task), cfg, precision=rt.precision,
                            rank=rt.rank, world_size=rt.world_size, logger=logger)
         results.update({"global_step": s.global_step, "train:loss": s.average_loss,
-                        "train:latency": s.train_time_s, "train:num_samples_per_gpu": len(examples),
+                        "train:latency": s.train_time_s, "train:num_samples_per_gpu": len(train_examples),
                         "train:num_steps": s.global_step, "train:throughput": s.sequences_per_second})
         if rt.is_main and not args.skip_checkpoint:
             finetune.save_finetuned(model, args.output_dir, args=vars(args), task=task.name)
     if (args.do_eval or args.do_predict) and rt.is_main:
-        results.update(_evaluate(args, task, model, tokenizer, rt))
+        results.update(_evaluate(args, task, dev_examples, model, tokenizer, rt))
     if rt.is_main:
         atomic_write_text(Path(args.output_dir) / "results.txt", json.dumps(results) + "\n")
         summary = {"exact_match": results.get("acc"), "F1": results.get("f1"),

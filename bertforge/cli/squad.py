@@ -155,9 +155,7 @@ def _qa_forward(model, batch):
     return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
 
 
-def _predict_and_eval(args, model, tokenizer, rt, logger) -> dict:
-    examples = squad.read_squad_examples(args.predict_file, is_training=False,
-                                         version_2_with_negative=args.version_2_with_negative)
+def _predict_and_eval(args, examples, model, tokenizer, rt, logger) -> dict:
     feats = squad.features_from(examples, tokenizer, max_seq_length=args.max_seq_length,
                                 doc_stride=args.doc_stride, max_query_length=args.max_query_length)
     logger.log("PARAMETER", {"eval_samples": len(examples), "eval_features": len(feats),
@@ -205,8 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
     ensure_dir(args.output_dir)
     logger = Logger(args.json_summary or Path(args.output_dir) / "dllogger.json") if rt.is_main else \
         Logger(None, stdout=False)
+    # Read the data before the (slow) model load so that bad files fail at once.
+    predict_examples = squad.read_squad_examples(
+        args.predict_file, is_training=False,
+        version_2_with_negative=args.version_2_with_negative) if args.do_predict else None
     vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)
     tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
+    train_arrays = _train_arrays(args, tokenizer, vocab_file, rt, logger if rt.is_main else None) \
+        if args.do_train else None
     model, report = finetune.load_task_model(args.init_checkpoint, BertForQuestionAnswering,
                                              head=("qa_outputs.*",), training=args.do_train,
                                              config_file=args.config_file, drop=("bert.pooler.*",))
@@ -223,8 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
             train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
             seed=args.seed, log_freq=args.log_freq)
-        arrays = _train_arrays(args, tokenizer, vocab_file, rt, logger if rt.is_main else None)
-        summary = finetune.train(finetune.wrap_ddp(model, rt), arrays, _qa_loss, cfg, precision=rt.precision,
+        summary = finetune.train(finetune.wrap_ddp(model, rt), train_arrays, _qa_loss, cfg, precision=rt.precision,
                                  rank=rt.rank, world_size=rt.world_size, logger=logger)
         train_results = {"e2e_train_time": summary.train_time_s, "final_loss": summary.final_loss,
                          "training_sequences_per_second": summary.sequences_per_second}
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         if rt.is_main and not args.skip_checkpoint:
             finetune.save_finetuned(model, args.output_dir, args=vars(args))
     if args.do_predict and rt.is_main:
-        results.update(_predict_and_eval(args, model, tokenizer, rt, logger))
+        results.update(_predict_and_eval(args, predict_examples, model, tokenizer, rt, logger))
     logger.flush()
     from bertforge.distributed import barrier, cleanup
 
