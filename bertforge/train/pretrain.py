@@ -390,6 +390,10 @@ class _Trainer:
                                              total_steps=args.max_steps)
         self.step = 0
         self.phase1_end_step = start.phase1_end_step
+        if (self.phase == 2 and args.phase1_end_step is None and self.init_opt is not None
+                and start.checkpoint is None):
+            # phase 2 from --init_checkpoint = a phase-1 training checkpoint: number after it
+            self.phase1_end_step = int(self.init_opt.get("global_step", self.init_opt.get("step", 0)))
         self.skipped_total = 0
         loader_state = None
         ck = start.checkpoint

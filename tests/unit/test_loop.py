@@ -124,3 +124,48 @@ def test_poly_schedule_values():
     s2 = PolyWarmUpScheduler(build_optimizer(_toy(), "lamb", lr=1.0), warmup=0.2, total_steps=10)
     s2.load_state_dict(s.state_dict())
     assert s2.get_last_lr() == s.get_last_lr()
+
+
+def _micro_bert():
+    from bertforge.config import ModelConfig
+    from bertforge.model.bert import BertForPreTraining
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=32,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    return BertForPreTraining(cfg)
+
+
+def _mlm_batch():
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(5, 64, (3, 16), generator=g)
+    am = torch.ones_like(ids)
+    am[2, 10:] = 0
+    labels = torch.full_like(ids, -1)
+    labels[0, 3], labels[1, 7], labels[2, 1], labels[2, 5] = 9, 11, 13, 17
+    return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": am,
+            "masked_lm_labels": labels, "next_sentence_labels": torch.tensor([0, 1, 0])}
+
+
+@pytest.mark.parametrize("variant", ["no_dense_sequence_output", "checkpoint_activations"])
+def test_pretraining_loss_variants_give_the_same_gradients(variant):
+    """--no_dense_sequence_output and --checkpoint_activations change cost, not results."""
+    from bertforge.train.pretrain import PretrainingLoss
+
+    batch = _mlm_batch()
+    grads = []
+    for on in (False, True):
+        model = _micro_bert()
+        if variant == "checkpoint_activations":
+            model.bert.encoder.gradient_checkpointing = on
+            loss_fn = PretrainingLoss()
+        else:
+            loss_fn = PretrainingLoss(dense_sequence_output=not on)
+        loss = loss_fn(model, batch)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l0, g0), (l1, g1) = grads
+    assert torch.allclose(l0, l1, rtol=1e-6)
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], rtol=1e-5, atol=1e-7), n
