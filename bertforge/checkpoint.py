@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bertforge.errors import CheckpointError
-from bertforge.io import atomic_path
+from bertforge.io import atomic_path, torch_save
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_latest", "list_checkpoints",
            "prune_checkpoints", "checkpoint_name", "capture_rng_state", "restore_rng_state"]
@@ -90,7 +90,7 @@ def save_checkpoint(path: str | os.PathLike, *, keep_last: int | None = None, **
     """
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch_save(state, tmp)
     if keep_last is not None:
         prune_checkpoints(path.parent, keep_last)
     return path

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from bertforge.errors import UserError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "ensure_dir", "fsync_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "ensure_dir", "fsync_dir",
+           "torch_save"]
 
 
 def _default_file_mode() -> int:
@@ -100,3 +101,39 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(final: str | os.PathLike, obj, indent: int | None = 2) -> None:
     atomic_write_text(final, json.dumps(obj, indent=indent) + "\n")
+
+
+class _WriteErrorRecorder:
+    """A file-like wrapper that keeps the OSError of a failed ``write``."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` whose failed writes raise the OSError (ENOSPC, EDQUOT, ...).
+
+    torch's zip writer swallows the OSError of a failed write and raises an opaque
+    ``RuntimeError("... unexpected pos ...")`` instead, so a full disk would not be reported
+    as one. Use inside :func:`atomic_path`, which turns the OSError into a one-line UserError.
+    """
+    import torch
+
+    with open(path, "wb") as fh:
+        rec = _WriteErrorRecorder(fh)
+        try:
+            torch.save(obj, rec)
+        except RuntimeError:
+            if rec.error is not None:
+                raise rec.error from None
+            raise

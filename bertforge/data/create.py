@@ -23,6 +23,8 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,6 +179,14 @@ def _process_star(args):
     return process_unit(*args)
 
 
+def _worker_died(what: str) -> UserError:
+    # A process pool (not multiprocessing.Pool, which waits forever for the task of a
+    # killed worker) reports a worker killed by a signal or the OOM killer.
+    return UserError(f"a worker process died while {what} (killed by a signal or the "
+                     "out-of-memory killer?); no partial file is left under a final name: "
+                     "run the command again, with fewer --num_workers if memory is short")
+
+
 def _mp_context():
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
@@ -206,12 +216,15 @@ def create_instance_sets(units: Sequence[InputUnit], cfg: InstanceConfig, *, voc
         old = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         try:
-            with _mp_context().Pool(min(num_workers, len(units)), initializer=_worker_init,
-                                    initargs=(str(vocab_file), do_lower_case)) as pool:
-                for key, inst, st in pool.imap(_process_star, [(u, cfg) for u in units]):
+            with ProcessPoolExecutor(min(num_workers, len(units)), mp_context=_mp_context(),
+                                     initializer=_worker_init,
+                                     initargs=(str(vocab_file), do_lower_case)) as pool:
+                for key, inst, st in pool.map(_process_star, [(u, cfg) for u in units]):
                     out.append((key, inst))
                     stats.add(st)
                     bar.update(1)
+        except BrokenProcessPool:
+            raise _worker_died("reading the input files") from None
         finally:
             if old is None:
                 os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -317,6 +330,9 @@ def write_shards(instances: InstanceSet, output: str | os.PathLike, *, output_fo
             if _SHARD_RE.match(f.name) and f.name not in sizes:
                 f.unlink()
     mine = [job for i, job in enumerate(plan) if i % world_size == rank]
+    for name, _, _ in mine:  # temp files of this rank's shards left by a killed earlier run
+        for f in out_dir.glob(f".{name}.tmp-*"):
+            f.unlink(missing_ok=True)
     _WRITE_STATE.update(instances=instances, out_dir=out_dir, single=single,
                         format=output_format, vocab_tokens=list(vocab_tokens))
     try:
@@ -327,11 +343,14 @@ def write_shards(instances: InstanceSet, output: str | os.PathLike, *, output_fo
         if num_workers > 1 and len(mine) > 1 and sys.platform.startswith("linux"):
             # forked writers share the arrays copy-on-write; gzip/parquet run in parallel
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            with mp.get_context("fork").Pool(min(num_workers, len(mine))) as pool:
-                list(pool.imap_unordered(_write_one, mine))
+            with ProcessPoolExecutor(min(num_workers, len(mine)),
+                                     mp_context=mp.get_context("fork")) as pool:
+                list(pool.map(_write_one, mine))
         else:
             for job in mine:
                 _write_one(job)
+    except BrokenProcessPool:
+        raise _worker_died("writing the shards") from None
     finally:
         _WRITE_STATE.clear()
     if rank == 0 and single is None:

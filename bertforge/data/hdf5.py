@@ -50,14 +50,21 @@ def write_hdf5_shard(path: str | os.PathLike, instances: InstanceSet,
         "next_sentence_labels": instances.next_sentence_labels,
     }
     out = Path(path)
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for key in HDF5_KEYS:
-                data = np.ascontiguousarray(arrays[key], dtype=HDF5_DTYPES[key])
-                kw = {}
-                if compression and data.size:
-                    kw = {"compression": compression, "compression_opts": compression_opts}
-                f.create_dataset(key, data=data, dtype=HDF5_DTYPES[key], **kw)
+    # The file is built in memory and written with one plain write (same bytes): when the
+    # disk fills, HDF5's own I/O fails inside object destructors and can crash the
+    # interpreter, while a plain write raises OSError(ENOSPC), reported by atomic_path.
+    # (the "core" driver without backing store keeps the whole file in memory)
+    with h5py.File(out.name, "w", driver="core", backing_store=False) as f:
+        for key in HDF5_KEYS:
+            data = np.ascontiguousarray(arrays[key], dtype=HDF5_DTYPES[key])
+            kw = {}
+            if compression and data.size:
+                kw = {"compression": compression, "compression_opts": compression_opts}
+            f.create_dataset(key, data=data, dtype=HDF5_DTYPES[key], **kw)
+        f.flush()
+        image = f.id.get_file_image()
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        fh.write(image)
     return out
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from bertforge.config import ModelConfig
 from bertforge.errors import CheckpointError, UserError
-from bertforge.io import atomic_path, ensure_dir
+from bertforge.io import atomic_path, ensure_dir, torch_save
 
 __all__ = [
     "torch_load",
@@ -313,5 +313,5 @@ def save_bertforge(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
     obj = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
            "config": model.config.to_dict(), **extra}
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch_save(obj, tmp)
     return Path(path)

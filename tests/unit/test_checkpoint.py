@@ -64,16 +64,17 @@ def test_kill_9_during_write_keeps_previous_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "ckpt_2.pt", keep_last=3, **_state(2))
     code = f"""
 import time, torch
+import bertforge.checkpoint as ck
 from bertforge.checkpoint import save_checkpoint
-orig = torch.save
-def half_then_hang(obj, f, *a, **k):
-    orig(obj, f, *a, **k)
+orig = ck.torch_save
+def half_then_hang(obj, f):
+    orig(obj, f)
     size = f.stat().st_size
     with open(f, "r+b") as fh:
         fh.truncate(size // 2)          # a half-written file ...
     print("writing", flush=True)
     time.sleep(600)                      # ... when the process is killed
-torch.save = half_then_hang
+ck.torch_save = half_then_hang
 save_checkpoint({str(tmp_path / 'ckpt_4.pt')!r}, keep_last=3,
                 model={{"w": torch.zeros(100000)}}, step=4, phase=1)
 """

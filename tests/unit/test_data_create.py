@@ -256,10 +256,17 @@ def test_no_partial_file_on_failure(corpus, tmp_path, monkeypatch):
     root, text, vocab = corpus
     import bertforge.data.hdf5 as h
 
-    def boom(*a, **k):
-        raise OSError(28, "No space left on device")
+    import builtins
 
-    monkeypatch.setattr(h.np, "ascontiguousarray", boom)
+    def full_disk_open(path, mode="r", *a, **k):  # the shard's file write hits a full disk
+        fh = builtins.open(path, mode, *a, **k)
+        if "w" in mode:
+            fh.write(b"partial")
+            fh.close()
+            raise OSError(28, "No space left on device")
+        return fh
+
+    monkeypatch.setattr(h, "open", full_disk_open, raising=False)
     rc = run("--input_file", text, "--output_file", tmp_path / "o", "--vocab_file", vocab,
              "--dupe_factor", 1, "--num_shards", 1)
     assert rc == 2
