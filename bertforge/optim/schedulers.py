@@ -63,7 +63,7 @@ class WarmupScheduler:
         self.warmup = float(warmup)
         self.total_steps = int(total_steps)
         self.base_lrs = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
-        for g, lr in zip(optimizer.param_groups, self.base_lrs):
+        for g, lr in zip(optimizer.param_groups, self.base_lrs, strict=True):
             g["initial_lr"] = lr
         self.last_epoch = 0  # number of step() calls so far (torch's name)
         self._apply()
@@ -76,7 +76,7 @@ class WarmupScheduler:
         return [lr * f for lr in self.base_lrs]
 
     def _apply(self) -> None:
-        for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
+        for g, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             g["lr"] = lr
 
     def step(self) -> None:

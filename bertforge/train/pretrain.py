@@ -43,7 +43,7 @@ from bertforge.precision import Precision
 from bertforge.train.loop import TrainStep
 
 __all__ = ["run", "micro_batch_size", "global_batch_size", "PretrainingLoss",
-           "NonFiniteLossError", "PREEMPTED_EXIT_CODE", "evaluate_mlm"]
+           "NonFiniteLossError", "PeerFailureError", "PREEMPTED_EXIT_CODE", "evaluate_mlm"]
 
 #: Exit status after a SIGTERM (Slurm preemption / time limit) once the checkpoint is written.
 PREEMPTED_EXIT_CODE = 75
@@ -51,6 +51,33 @@ PREEMPTED_EXIT_CODE = 75
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN/inf (fp32/bf16): the run stops, earlier checkpoints are kept."""
+
+
+class PeerFailureError(UserError):
+    """A collective failed: another rank died, hung past ``--dist_timeout`` or is unreachable."""
+
+    exit_code = 1  # not a bad input: the job can be resubmitted as it is
+
+
+def _is_comm_failure(e: BaseException) -> bool:
+    """True for the errors gloo/NCCL raise when a peer dies (connection reset) or hangs (timeout)."""
+    if isinstance(e, dist.DistError):
+        return True
+    msg = str(e)
+    return any(s in msg for s in ("gloo", "NCCL", "Connection reset by peer",
+                                  "Connection closed by peer", "Timed out"))
+
+
+def _peer_failure(e: BaseException, args, info: DistInfo) -> PeerFailureError:
+    first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    first = first.split("] ", 1)[-1] if first.startswith("[") else first  # drop "[file.cc:537] "
+    first = first.split(". ", 1)[0]  # gloo appends generic advice
+    latest = find_latest(args.output_dir)
+    return PeerFailureError(
+        f"rank {info.rank} of {info.world_size}: communication with the other ranks failed "
+        f"({first.strip()[:160]}): another rank died, hung longer than --dist_timeout "
+        f"{args.dist_timeout:g}s or is unreachable; see its log, then resume with "
+        f"--resume_from_checkpoint (latest checkpoint: {latest.name if latest else 'none'})")
 
 
 # -- derived values (computed, never written back into args) ---------------------------------
@@ -258,7 +285,11 @@ def _resolve_start(args, phase: int) -> StartPoint:
 def _load_init_weights(model, path: str, device) -> dict | None:
     """Weights from --init_checkpoint (any supported format); returns the raw dict if it is a
     bertforge training checkpoint (so its optimizer state can be used)."""
-    from bertforge.model.convert import load_state_dict_strict, normalize_state_dict, read_state_dict
+    from bertforge.model.convert import (
+        load_state_dict_strict,
+        normalize_state_dict,
+        read_state_dict,
+    )
 
     sd, _ = read_state_dict(path)
     load_state_dict_strict(model, normalize_state_dict(sd, model), source=f"--init_checkpoint {path}")
@@ -340,6 +371,10 @@ def run(args: argparse.Namespace) -> int:
                             device=args.device)
     try:
         return _Trainer(args, config, info).run()
+    except RuntimeError as e:
+        if info.distributed and _is_comm_failure(e):
+            raise _peer_failure(e, args, info) from None
+        raise
     finally:
         cleanup()
 

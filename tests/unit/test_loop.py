@@ -44,7 +44,7 @@ def test_accumulation_equals_one_big_batch(opt_name):
     (l1, p1), (l4, p4) = results
     assert abs(l1 - l4) < 1e-5 * max(1.0, abs(l1))
     # Adam-type updates magnify float reassociation of near-zero gradients: lr 0.05 x 3 steps
-    for a, b in zip(p1, p4):
+    for a, b in zip(p1, p4, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=2e-5), (a - b).abs().max()
 
 
@@ -92,7 +92,7 @@ def test_fp16_overflow_skips_step_and_schedule():
     assert r2.skipped and ts.skipped_steps == 1
     assert sched.last_epoch == 1 and opt.param_groups[0]["step"] == 1
     assert r2.loss_scale == 2.0**7
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
     r3 = ts.step([good, good], _loss)
     assert not r3.skipped and sched.last_epoch == 2

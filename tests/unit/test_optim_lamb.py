@@ -32,7 +32,7 @@ class RefLAMB:
             return  # skipped step: nothing moves, t does not advance
         self.t += 1
         div = max(norm / self.max_norm, 1.0)
-        for i, (p, g) in enumerate(zip(self.p, grads)):
+        for i, (p, g) in enumerate(zip(self.p, grads, strict=True)):
             g = g / div
             self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
             self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
@@ -72,7 +72,7 @@ def test_lamb_matches_reference_20_steps(grad_scale):
         grads = [torch.randn(p.shape, generator=gen) * grad_scale for p in params]
         if step == 7:
             grads[2][0] = float("inf")  # overflow: GradScaler skips this step
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g.clone() * scaler.get_scale()
         scale_before = scaler.get_scale()
         scaler.step(opt)
@@ -82,12 +82,12 @@ def test_lamb_matches_reference_20_steps(grad_scale):
         ref.step(grads)
     assert skipped == 1
     assert opt.param_groups[0]["step"] == 19 and ref.t == 19
-    for p, r in zip(params, ref.p):
+    for p, r in zip(params, ref.p, strict=True):
         rel = (p.detach().double() - r).norm() / r.norm()
         assert rel <= 1e-6, rel
     # the reference moved away from the start: the comparison is not vacuous
     start = _model()
-    assert all((p - s).abs().max() > 1e-3 for p, s in zip(params, start.parameters()))
+    assert all((p - s).abs().max() > 1e-3 for p, s in zip(params, start.parameters(), strict=True))
 
 
 def test_lamb_precomputed_norm_equals_internal():
@@ -97,12 +97,12 @@ def test_lamb_precomputed_norm_equals_internal():
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
         grads = [torch.randn(p.shape, generator=gen) * 5 for p in a.parameters()]
-        for pa, pb, g in zip(a.parameters(), b.parameters(), grads):
+        for pa, pb, g in zip(a.parameters(), b.parameters(), grads, strict=True):
             pa.grad, pb.grad = g.clone(), g.clone()
         oa.step()
         # in the optimizer's order: the same summation order, so bit-identical
         ob.step(grad_norm=global_grad_norm([p.grad for g in ob.param_groups for p in g["params"]]))
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
 
@@ -112,7 +112,7 @@ def test_lamb_state_dict_roundtrip_is_exact():
     gen = torch.Generator().manual_seed(4)
     grads = [[torch.randn(p.shape, generator=gen) for p in a.parameters()] for _ in range(4)]
     for gs in grads[:2]:
-        for p, g in zip(a.parameters(), gs):
+        for p, g in zip(a.parameters(), gs, strict=True):
             p.grad = g.clone()
         oa.step()
     b = _model()
@@ -121,10 +121,10 @@ def test_lamb_state_dict_roundtrip_is_exact():
     ob.load_state_dict(copy.deepcopy(oa.state_dict()))  # as from a file: no shared tensors
     for gs in grads[2:]:
         for m, o in ((a, oa), (b, ob)):
-            for p, g in zip(m.parameters(), gs):
+            for p, g in zip(m.parameters(), gs, strict=True):
                 p.grad = g.clone()
             o.step()
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
 
