@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from bertforge.config import ModelConfig
-from bertforge.errors import CheckpointError, ConfigError, UserError, cli_entry
+from bertforge.errors import ConfigError, UserError, cli_entry
 from bertforge.io import atomic_path, atomic_write_json, ensure_dir
 from bertforge.serving.signature import MANIFEST_NAME, ExportedModel, ExportManifest, io_specs
 
@@ -91,18 +91,17 @@ class ExportWrapper(nn.Module):
 
 def load_model(init_checkpoint: str, task: str, *, config_file: str | None = None,
                num_labels: int = 2) -> nn.Module:
-    """A fine-tuned model from a bertforge file, an HF directory or an NGC file (strict load)."""
+    """A fine-tuned model from a bertforge file, an HF directory or an NGC file, loaded by the
+    same rules as inference.py / run_glue.py prediction (the task head must be present)."""
     from bertforge.model.bert import BertForQuestionAnswering, BertForSequenceClassification
-    from bertforge.model.convert import load_pretrained
+    from bertforge.train.finetune import load_task_model
 
-    if not Path(init_checkpoint).exists():
-        raise CheckpointError(f"--init_checkpoint {init_checkpoint}: no such file or directory")
-    config = ModelConfig.from_json_file(config_file) if config_file else None
     if task == "qa":
-        model, _ = load_pretrained(init_checkpoint, BertForQuestionAnswering, config=config)
+        model, _ = load_task_model(init_checkpoint, BertForQuestionAnswering, head=("qa_outputs.*",),
+                                   training=False, config_file=config_file, drop=("bert.pooler.*",))
     elif task == "classification":
-        model, _ = load_pretrained(init_checkpoint, BertForSequenceClassification, config=config,
-                                   num_labels=num_labels)
+        model, _ = load_task_model(init_checkpoint, BertForSequenceClassification, head=("classifier.*",),
+                                   training=False, config_file=config_file, num_labels=num_labels)
     else:
         raise ConfigError(f"--task must be qa or classification, got {task!r}")
     return model.eval()

@@ -17,7 +17,7 @@ import torch
 
 from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError, UserError
-from bertforge.model.bert import BertForQuestionAnswering, BertForSequenceClassification
+from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification
 from bertforge.model.convert import save_bertforge
 from bertforge.serving import export as ex
 from bertforge.serving.signature import ExportManifest
@@ -179,3 +179,10 @@ def test_cli_exports_a_checkpoint_and_fails_in_one_line(tmp_path, capsys, window
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --init_checkpoint") and "\n" not in err
+    # A pretraining checkpoint has no QA head: refused, not exported with a random head.
+    torch.manual_seed(0)
+    pre = save_bertforge(BertForPreTraining(TINY), tmp_path / "pretrained.pt")
+    with pytest.raises(SystemExit) as e:
+        ex.main(["--init_checkpoint", str(pre), "--output_dir", str(tmp_path / "o3")])
+    assert e.value.code == 2 and "qa_outputs" in capsys.readouterr().err
+    assert not (tmp_path / "o3" / "model.onnx").exists()
