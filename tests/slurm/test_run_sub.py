@@ -96,8 +96,9 @@ def _phase_env(work: dict, phase: int, phase1_data: Path) -> dict:
         return {**common, "TRAIN_BATCH_SIZE": "8", "GRADIENT_ACCUMULATION_STEPS": "2",
                 "LEARNING_RATE": "1e-3", "WARMUP_PROPORTION": "0.1", "MAX_SEQ_LENGTH": "64",
                 "MAX_PREDICTIONS_PER_SEQ": "10", "MAX_STEPS": str(P1_STEPS)}
-    # legacy names on purpose: BATCHSIZE / LR / GRADIENT_STEPS
-    return {**common, "BATCHSIZE": "4", "GRADIENT_STEPS": "1", "LR": "5e-4",
+    # legacy names on purpose: BATCHSIZE / LR / GRADIENT_STEPS; the phase-2 shards are
+    # made by one task (the 2-task path is covered above and costs two more starts)
+    return {**common, "DASK_TASKS_PER_NODE": "1", "BATCHSIZE": "4", "GRADIENT_STEPS": "1", "LR": "5e-4",
             "WARMUP_PROPORTION": "0.2", "MAX_SEQ_LENGTH": "128", "MAX_PREDICTIONS_PER_SEQ": "20",
             "MAX_STEPS": str(P2_STEPS)}
 
