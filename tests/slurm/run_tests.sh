@@ -25,13 +25,15 @@ trap 'exit 130' INT
 
 start=$SECONDS
 rc=0
-bash "$here/start_cluster.sh" "$rundir" >"$rundir/start.out" || rc=$?
+bash "$here/start_cluster.sh" "$rundir" >"$rundir/start.out" 2>"$rundir/start.err" || rc=$?
+cat "$rundir/start.err" >&2
 if [[ $rc -eq 3 ]]; then
+    reason=$(tail -n 1 "$rundir/start.err")
     if [[ -n ${CI:-} || -n ${BERTFORGE_REQUIRE_SLURM:-} ]]; then
-        echo "test-slurm: FAILED: Slurm is required here (CI/BERTFORGE_REQUIRE_SLURM set) but cannot be installed" >&2
+        echo "test-slurm: FAILED: a Slurm cluster is required here (CI or BERTFORGE_REQUIRE_SLURM set): ${reason#start_cluster: }" >&2
         exit 1
     fi
-    echo "test-slurm: SKIPPED: Slurm missing and not installable here (needs root and apt-get)" >&2
+    echo "test-slurm: SKIPPED: ${reason#start_cluster: }" >&2
     exit 0
 elif [[ $rc -ne 0 ]]; then
     keep=1
