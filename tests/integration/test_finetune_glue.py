@@ -205,3 +205,26 @@ def test_bad_input_one_line(tmp_path, tiny_ckpt, real_data, capsys):
     assert "no such directory" in _err(capsys, ["--task_name", "rte", "--do_eval", *base[2:], "--data_dir",
                                                 str(tmp_path / "nope")])
     assert "nothing to do" in _err(capsys, ["--task_name", "rte", *base])
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, tiny_ckpt, real_data):
+    """Distributed fine-tuning (torchrun, gloo): 2 ranks x batch 4 == 1 rank x batch 8 (no dropout)."""
+    cfg = json.loads((REPO / "bert_configs/tiny.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (tmp_path / "nodrop.json").write_text(json.dumps(cfg))
+    _write_task(tmp_path / "rte", "rte")
+    results = []
+    for procs, batch in ((1, 8), (2, 4)):
+        out = tmp_path / f"out{procs}"
+        args = [str(tiny_ckpt), str(tmp_path / "rte"), str(real_data("vocab/bert-base-uncased-vocab.txt")),
+                str(tmp_path / "nodrop.json"), str(out), "rte", str(procs), str(batch), "1", "1e-3", "0.0", "2",
+                "-1", "fp32", "3", "train eval"]
+        r = subprocess.run(["bash", str(REPO / "scripts/run_glue.sh"), *args], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        results.append(json.loads((out / "results.txt").read_text()))
+    one, two = results
+    assert one["global_step"] == two["global_step"] == 4
+    assert two["eval:loss"] == pytest.approx(one["eval:loss"], rel=1e-5, abs=1e-6)
+    assert one["eval:loss"] != pytest.approx(0.6931, abs=1e-3)  # it trained: not the untrained loss
