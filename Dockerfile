@@ -21,6 +21,14 @@ ENV BERT_PREP_WORKING_DIR=/workspace/bert/data \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Non-root user `bert` owning the workspace and /results (where launch.sh mounts outputs);
+# created before the source is copied so that COPY --chown avoids a second copy of it.
+ARG USER_UID=10001
+RUN groupadd --gid "${USER_UID}" bert \
+ && useradd --create-home --uid "${USER_UID}" --gid "${USER_UID}" --shell /bin/bash bert \
+ && mkdir -p /workspace/bert /results \
+ && chown bert:bert /workspace/bert /results
+
 WORKDIR /workspace/bert
 
 # Dependencies first: this layer is rebuilt only when the pins change, not on every
@@ -30,14 +38,8 @@ RUN pip install --no-cache-dir -r /tmp/requirements.txt
 
 # Then the source. Editable install, so `launch.sh` can mount a working copy over
 # /workspace/bert and run it without rebuilding (as NVIDIA's launch.sh does).
-COPY . .
+COPY --chown=bert:bert . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
  && python -c "import bertforge"
 
-# Non-root user owning the workspace; /results is where launch.sh mounts outputs.
-ARG USER_UID=10001
-RUN groupadd --gid "${USER_UID}" bert \
- && useradd --create-home --uid "${USER_UID}" --gid "${USER_UID}" --shell /bin/bash bert \
- && mkdir -p /results \
- && chown -R bert:bert /workspace/bert /results
 USER ${USER_UID}:${USER_UID}

@@ -125,25 +125,53 @@ def test_base_image_is_pinned(name: str) -> None:
     assert tag in (REPO / "docs" / "docker.md").read_text()
 
 
+def layout_problems(path: Path) -> list[str]:
+    """What is wrong with the layer order and the user of the Dockerfile at `path`."""
+    instrs = parse_dockerfile(path)
+
+    def operands(args: str) -> list[str]:
+        return [w for w in args.split() if not w.startswith("--")]
+
+    def where(pred) -> list[int]:
+        return [i for i, (kw, a) in enumerate(instrs) if pred(kw, a)]
+
+    problems = []
+    copy_all = where(lambda kw, a: kw == "COPY" and operands(a)[:1] == ["."])
+    if len(copy_all) != 1:
+        return ["expected exactly one `COPY . .`"]
+    src = copy_all[0]
+    # the source belongs to the non-root user (COPY --chown, no second chown -R layer)
+    if "--chown=bert:bert" not in instrs[src][1]:
+        problems.append("COPY . . without --chown=bert:bert")
+    if where(lambda kw, a: kw == "RUN" and "chown -R" in a):
+        problems.append("chown -R duplicates a layer; use COPY --chown")
+    deps = where(lambda kw, a: kw == "RUN" and "-r /tmp/requirements.txt" in a)
+    if not deps or deps[0] > src:
+        problems.append("pinned dependencies must be installed before COPY . .")
+    # the package itself after the source, without pulling dependencies again
+    pkg = where(lambda kw, a: kw == "RUN" and "--no-deps" in a and " -e ." in a)
+    if not pkg or pkg[0] < src:
+        problems.append("`pip install --no-deps -e .` must follow COPY . .")
+    users = where(lambda kw, a: kw == "USER")
+    if not users or users[-1] < src:
+        problems.append("no USER after the source is copied")
+    elif resolve_args(instrs, instrs[users[-1]][1]).split(":")[0] in {"root", "0"}:
+        problems.append("the final USER is root")
+    return problems
+
+
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dependencies_before_source_and_non_root(name: str) -> None:
-    instrs = parse_dockerfile(REPO / name)
-    kws = [kw for kw, _ in instrs]
-    copy_all = [i for i, (kw, a) in enumerate(instrs) if kw == "COPY" and a.split()[0] == "."]
-    assert len(copy_all) == 1, "expected exactly one `COPY . .`"
-    req_install = [
-        i for i, (kw, a) in enumerate(instrs) if kw == "RUN" and "-r /tmp/requirements.txt" in a
-    ]
-    assert req_install and req_install[0] < copy_all[0], "pinned deps must be installed before COPY . ."
-    # the package itself is installed after the source without pulling dependencies again
-    pkg_install = [
-        i for i, (kw, a) in enumerate(instrs) if kw == "RUN" and "--no-deps" in a and " -e ." in a
-    ]
-    assert pkg_install and pkg_install[0] > copy_all[0]
-    users = [resolve_args(instrs, a) for kw, a in instrs if kw == "USER"]
-    assert users, "the image must drop root"
-    assert kws[-1] == "USER" or kws.index("USER") > copy_all[0]
-    assert users[-1].split(":")[0] not in {"root", "0"}
+    assert layout_problems(REPO / name) == []
+
+
+def test_layout_check_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11.11-slim-bookworm\nCOPY . .\n"
+                   "RUN pip install -r /tmp/requirements.txt && chown -R bert /workspace\n"
+                   "RUN pip install -e .\nUSER root\n")
+    problems = layout_problems(bad)
+    assert len(problems) == 5, problems
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
