@@ -136,7 +136,9 @@ class LAMB(torch.optim.Optimizer):
 
             grads = [p.grad for p in params]
             if clip_div is not None:
-                grads = torch._foreach_div(grads, clip_div)  # clipped copies; p.grad untouched
+                # In place (no copy of every gradient): p.grad holds the clipped gradient after
+                # the step, which the training loop zeroes anyway.
+                torch._foreach_div_(grads, clip_div)
 
             # 2. Moments.
             torch._foreach_mul_(exp_avgs, beta1)
@@ -146,11 +148,12 @@ class LAMB(torch.optim.Optimizer):
             del grads
 
             # 3. Update direction u = m_hat / (sqrt(v_hat) + eps) + wd * p.
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, math.sqrt(bc2))
-            torch._foreach_add_(denom, eps)
-            update = torch._foreach_div(exp_avgs, denom)
-            del denom
+            # One temporary per tensor: sqrt(v_hat) + eps, inverted in place, times m_hat.
+            update = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(update, math.sqrt(bc2))
+            torch._foreach_add_(update, eps)
+            torch._foreach_reciprocal_(update)
+            torch._foreach_mul_(update, exp_avgs)
             if bc1 != 1.0:
                 torch._foreach_div_(update, bc1)
             if wd != 0:

@@ -114,6 +114,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--num_workers must be >= 0, got {args.num_workers}")
     if args.eval_freq < 0:
         raise ConfigError(f"--eval_freq must be >= 0, got {args.eval_freq}")
+    if not args.dist_timeout > 0:
+        raise ConfigError(f"--dist_timeout must be positive (seconds), got {args.dist_timeout}")
     if args.resume_phase2 and not args.phase2:
         raise ConfigError("--resume_phase2 needs --phase2")
     if args.resume_step != -1 and not args.resume_from_checkpoint:
@@ -661,7 +663,8 @@ class _Trainer:
         logger.log(step=(), data=final)
         if preempted:
             if info.is_main:
-                print(f"SIGTERM: checkpoint saved at step {self.global_step()}; exiting with "
+                saved = "no checkpoint (--skip_checkpoint)" if args.skip_checkpoint else "checkpoint saved"
+                print(f"SIGTERM: {saved} at step {self.global_step()}; exiting with "
                       f"status {PREEMPTED_EXIT_CODE} (resume with --resume_from_checkpoint)", flush=True)
             return PREEMPTED_EXIT_CODE
         return 0
