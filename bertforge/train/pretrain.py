@@ -318,6 +318,14 @@ def _reset_for_new_phase(opt_state: dict, lr: float) -> dict:
     return opt_state
 
 
+def _load_optimizer(optimizer, state: dict, source: str | None, name: str) -> None:
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"the optimizer state of {source} does not fit --optimizer {name} "
+                              f"and this model: {str(e).splitlines()[0]}") from None
+
+
 # -- signals -------------------------------------------------------------------------------
 class _StopFlag:
     """Set by SIGTERM; read once per step (and agreed on by every rank)."""
@@ -435,7 +443,7 @@ class _Trainer:
         loader_state = None
         ck = start.checkpoint
         if ck is not None and start.restore_all:
-            self.optimizer.load_state_dict(ck["optimizer"])
+            _load_optimizer(self.optimizer, ck["optimizer"], start.source, args.optimizer)
             self.scheduler.load_state_dict(ck["lr_scheduler"])
             # The flags decide the schedule (as in NVIDIA's code); with the flags of the
             # interrupted run this changes nothing and the resume stays exact.
@@ -457,7 +465,8 @@ class _Trainer:
         elif start.keep_moments:
             opt_state = ck["optimizer"] if ck is not None else (self.init_opt or {}).get("optimizer")
             if opt_state is not None:
-                self.optimizer.load_state_dict(_reset_for_new_phase(opt_state, args.learning_rate))
+                _load_optimizer(self.optimizer, _reset_for_new_phase(opt_state, args.learning_rate),
+                                start.source, args.optimizer)
                 self.scheduler = PolyWarmUpScheduler(self.optimizer, warmup=args.warmup_proportion,
                                                      total_steps=args.max_steps)
         model = self.model_core
