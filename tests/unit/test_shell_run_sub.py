@@ -98,7 +98,10 @@ def test_phase1_defaults_and_legacy_precedence(env: dict, tmp_path: Path) -> Non
     assert f["--max_seq_length"] == "128" and f["--max_steps"] == "7038"   # phase 1 defaults
     assert f["--input_dir"] == str(data)
     assert f["--output_dir"] == str(submit / "results/500")
-    assert f["--ntasks-per-node"] == "8" and "--fp16" in f and "--phase2" not in f
+    # 2 nodes x 8 tasks, --ntasks explicit (srun ignores a --ntasks-per-node that
+    # disagrees with the job's task count)
+    assert f["--ntasks-per-node"] == "8" and f["--ntasks"] == "16"
+    assert "--fp16" in f and "--phase2" not in f
     assert "--resume_from_checkpoint" not in f
     assert "--vocab_file" not in f            # no vocab at the default path: not passed
     assert train[train.index("-u") - 1] == "/usr/bin/python3"
@@ -204,7 +207,7 @@ def test_data_preparation_runs_on_all_tasks_then_balances(env: dict, tmp_path: P
     assert proc.returncode == 0, proc.stderr
     prep, balance = srun_calls(calls)
     fp, fb = flags(prep), flags(balance)
-    assert fp["--ntasks-per-node"] == "16" and "--balance" not in fp
+    assert fp["--ntasks-per-node"] == "16" and fp["--ntasks"] == "32" and "--balance" not in fp
     assert prep[prep.index("--num_shards") + 1] == str(2 * 3 * 2 * 8)  # per worker x workers x nodes x gpus
     assert prep[prep.index("--bin_size") + 1] == "32"
     assert prep[prep.index("--masking") + 1] == "none"
@@ -229,4 +232,5 @@ def test_single_task_data_preparation_needs_no_balance(env: dict) -> None:
     assert proc.returncode == 0, proc.stderr
     (prep,) = srun_calls(calls)
     assert "--balance" not in prep and prep[prep.index("--masking") + 1] == "static"
+    assert flags(prep)["--ntasks"] == "1"  # even inside a job with more tasks
     assert prep[prep.index("--num_shards") + 1] == "4096"   # NVIDIA's default block count
