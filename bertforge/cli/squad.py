@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from bertforge.train import finetune
 __all__ = ["build_parser", "main"]
 
 _CACHE_VERSION = 1
+_CACHED_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,11 +123,16 @@ def _train_arrays(args, tokenizer, vocab_file: str, rt, logger) -> dict[str, np.
     """Training windows with answer positions, from the cache when it matches."""
     cache = _cache_path(args, vocab_file)
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if logger:
-            logger.log("PARAMETER", {"loaded_cached_train_features": str(cache)})
-        return arrays
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if set(arrays) != set(_CACHED_KEYS) or len({len(v) for v in arrays.values()}) != 1:
+                raise ValueError("unexpected contents")
+            if logger:
+                logger.log("PARAMETER", {"loaded_cached_train_features": str(cache)})
+            return arrays
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # damaged: rebuild it
+            print(f"note: ignoring unreadable feature cache {cache} ({e})", flush=True)
     examples = squad.read_squad_examples(args.train_file, is_training=True,
                                          version_2_with_negative=args.version_2_with_negative)
     feats = squad.features_from(examples, tokenizer, max_seq_length=args.max_seq_length,
@@ -214,9 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, report = finetune.load_task_model(args.init_checkpoint, BertForQuestionAnswering,
                                              head=("qa_outputs.*",), training=args.do_train,
                                              config_file=args.config_file, drop=("bert.pooler.*",))
-    if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise ConfigError(f"--vocab_file {vocab_file} has {tokenizer.get_vocab_size()} tokens but the model "
-                          f"has only {model.config.vocab_size} embeddings")
+    finetune.check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,
+                              vocab_file=vocab_file)
     logger.log("PARAMETER", {"init_checkpoint": str(args.init_checkpoint), "load": report.summary(),
                              "precision": rt.precision.name, "world_size": rt.world_size})
     model.to(rt.device)

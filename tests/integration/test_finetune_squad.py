@@ -204,6 +204,11 @@ def test_squad_v2_outputs_and_cache_reuse(tmp_path, tiny_ckpt, real_data, capsys
     res2 = squad_main([*argv, "--output_dir", str(tmp_path / "b")])  # train only, from the cache
     assert "loaded_cached_train_features" in (tmp_path / "b" / "dllogger.json").read_text()
     assert res2["final_loss"] == res["final_loss"]  # same windows, same seed: the same run
+    (cache,) = (tmp_path / "cache").iterdir()
+    cache.write_bytes(b"not a zip")  # a damaged cache is rebuilt, not trusted
+    res3 = squad_main([*argv, "--output_dir", str(tmp_path / "c")])
+    assert "ignoring unreadable feature cache" in capsys.readouterr().out
+    assert res3["final_loss"] == res["final_loss"]
 
 
 def _err(capsys, argv) -> str:
