@@ -148,16 +148,18 @@ class LAMB(torch.optim.Optimizer):
             del grads
 
             # 3. Update direction u = m_hat / (sqrt(v_hat) + eps) + wd * p.
-            # One temporary per tensor: sqrt(v_hat) + eps, inverted in place, times m_hat.
-            update = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(update, math.sqrt(bc2))
-            torch._foreach_add_(update, eps)
-            torch._foreach_reciprocal_(update)
-            torch._foreach_mul_(update, exp_avgs)
-            if bc1 != 1.0:
-                torch._foreach_div_(update, bc1)
+            # With the bias corrections folded into scalars (4 passes over the tensors):
+            # m_hat / (sqrt(v_hat) + eps) = (sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)).
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denom, eps * math.sqrt(bc2))
+            step_size = math.sqrt(bc2) / bc1
             if wd != 0:
-                torch._foreach_add_(update, params, alpha=wd)
+                update = torch._foreach_mul(params, wd)
+                torch._foreach_addcdiv_(update, exp_avgs, denom, value=step_size)
+            else:
+                update = torch._foreach_div(exp_avgs, denom)
+                torch._foreach_mul_(update, step_size)
+            del denom
 
             # 4. Per-tensor trust ratio ||p|| / ||u|| (1 where a norm is 0), only with decay.
             if self.use_nvlamb or wd != 0:
