@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -37,7 +38,8 @@ from bertforge.errors import CheckpointError
 from bertforge.io import atomic_path, torch_save
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_latest", "list_checkpoints",
-           "prune_checkpoints", "checkpoint_name", "capture_rng_state", "restore_rng_state"]
+           "prune_checkpoints", "checkpoint_name", "capture_rng_state", "restore_rng_state",
+           "unpickling_refusal"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -108,16 +110,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {p} does not exist")
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+    except pickle.UnpicklingError as e:
+        raise unpickling_refusal(p, e) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ...
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"checkpoint {p} contains pickled objects that would run code when loaded; "
-                "refusing to load it (only tensors and plain values are allowed)") from None
         raise CheckpointError(f"checkpoint {p} cannot be read (truncated or corrupt?): {msg}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
     return obj
+
+
+def unpickling_refusal(path: str | os.PathLike, e: BaseException, hint: str = "") -> CheckpointError:
+    """The error for a file torch's ``weights_only`` unpickler refused, naming the cause.
+
+    A pickle that names a Python global (``GLOBAL io.open``, ``GLOBAL argparse.Namespace``)
+    would import and call it on load: that is how a malicious checkpoint runs code. Other
+    refusals (an unknown opcode) mean the file is not a torch checkpoint or is damaged.
+    """
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|Check the documentation|$)", text, re.S)
+    detail = " ".join((m.group(1) if m else (text.splitlines() or [type(e).__name__])[0]).split())
+    detail = detail.split(" was not an allowed global")[0].split(". ")[0][:160]
+    if "global" in detail.lower():
+        return CheckpointError(
+            f"checkpoint {path} holds a pickled Python object ({detail}) that would be imported "
+            f"and called on load, so it could run code; refused{hint}")
+    return CheckpointError(
+        f"checkpoint {path} was refused by the safe loader: it is not a torch checkpoint, is "
+        f"damaged, or uses pickle features torch.save never writes (unpickling stopped: "
+        f"{detail}){hint}")
 
 
 # -- RNG state for exact resume -------------------------------------------------------------

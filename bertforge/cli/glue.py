@@ -129,9 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, report = finetune.load_task_model(args.init_checkpoint, BertForSequenceClassification,
                                              head=("classifier.*",), training=args.do_train,
                                              config_file=args.config_file, num_labels=task.num_labels)
-    if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise ConfigError(f"--vocab_file {vocab_file} has {tokenizer.get_vocab_size()} tokens but the model "
-                          f"has only {model.config.vocab_size} embeddings")
+    finetune.check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,
+                              vocab_file=vocab_file)
     logger.log("PARAMETER", {"task": task.name, "bert_model": args.bert_model or "",
                              "init_checkpoint": str(args.init_checkpoint), "load": report.summary(),
                              "precision": rt.precision.name, "world_size": rt.world_size})

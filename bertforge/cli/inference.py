@@ -27,7 +27,7 @@ from bertforge.model.bert import BertForQuestionAnswering
 from bertforge.precision import Precision
 from bertforge.tasks import squad
 from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
-from bertforge.train.finetune import load_task_model
+from bertforge.train.finetune import check_inputs_fit, load_task_model
 
 __all__ = ["build_parser", "main", "read_batch"]
 
@@ -101,15 +101,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ConfigError("--json cannot be combined with --question/--context")
     if args.output and not args.json_file:
         raise ConfigError("--output goes with --json")
+    for flag in ("batch_size", "max_answer_length"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     torch.manual_seed(args.seed)
     items = read_batch(args.json_file) if args.json_file else \
         [{"id": "0", "question": args.question, "context": args.context}]
     device = _device(args)
     precision = Precision.from_flags(args.fp16, args.bf16, device)
-    tokenizer = load_tokenizer(find_vocab(args.vocab_file, args.init_checkpoint),
-                               lower_case(args.do_lower_case, args.bert_model))
+    vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)
+    tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
     model, _ = load_task_model(args.init_checkpoint, BertForQuestionAnswering, head=("qa_outputs.*",),
                                training=False, config_file=args.config_file, drop=("bert.pooler.*",))
+    check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,
+                     vocab_file=vocab_file)
     model.to(device).eval()
     with precision.autocast():
         answers = squad.answer_questions(

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bertforge.config import ModelConfig
+from bertforge.config import ModelConfig, pad_vocab_size
 from bertforge.errors import CheckpointError, UserError
 from bertforge.io import atomic_path, ensure_dir, torch_save
 
@@ -58,10 +58,11 @@ def torch_load(path: str | os.PathLike, trust: bool = False) -> object:
     try:
         return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {p} was refused by the safe loader ({first[:200]}); if you trust its "
-            f"origin, pass --trust_checkpoint (it may run code stored in the file)") from None
+        from bertforge.checkpoint import unpickling_refusal
+
+        raise unpickling_refusal(p, e, hint=" (if you trust its origin, convert it once with "
+                                          "`python -m bertforge.convert --trust_checkpoint`, "
+                                          "which lets the file run code)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         msg = " ".join(str(e).split())[:200] or type(e).__name__
         raise CheckpointError(f"checkpoint {p} is truncated or not a torch checkpoint: {msg}") from None
@@ -255,6 +256,8 @@ def load_pretrained(path: str | os.PathLike, model_cls, *, config: ModelConfig |
         a, b = ckpt_config.to_dict(), config.to_dict()
         arch = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings")
         diff = [k for k in arch if a[k] != b[k]]
+        if pad_vocab_size(a["vocab_size"]) != pad_vocab_size(b["vocab_size"]):
+            diff.append("vocab_size")  # beyond padding: rows would be cut off or made up
         if diff:
             raise CheckpointError(f"checkpoint {path} was made for another config: "
                                   + ", ".join(f"{k} {a[k]} vs {b[k]}" for k in diff))
@@ -267,8 +270,6 @@ def load_pretrained(path: str | os.PathLike, model_cls, *, config: ModelConfig |
 
 def to_ngc_state_dict(model: nn.Module, pad_to: int = 8) -> dict[str, torch.Tensor]:
     """Our weights under NVIDIA's names (``dense_act``, vocab padded to a multiple of ``pad_to``)."""
-    from bertforge.config import pad_vocab_size
-
     out = {}
     for k, v in model.state_dict().items():
         if ".intermediate.dense." in k or "cls.predictions.transform.dense." in k:

@@ -43,6 +43,7 @@ __all__ = [
     "TrainSummary",
     "BatchLoader",
     "load_task_model",
+    "check_inputs_fit",
     "train",
     "predict",
     "latency_stats",
@@ -147,6 +148,18 @@ def load_task_model(init_checkpoint: str | Path, model_cls, *, head: tuple[str, 
             raise CheckpointError(f"{e}: it has no fine-tuned {model_cls.__name__} head; fine-tune it "
                                   "first (--do_train)") from None
         raise
+
+
+def check_inputs_fit(config: ModelConfig, *, max_seq_length: int, tokenizer, vocab_file) -> None:
+    """ConfigError (one line, naming the flag) unless ``max_seq_length``-token windows and every
+    id of the vocab fit the model: otherwise the forward pass would fail mid-run."""
+    if max_seq_length > config.max_position_embeddings:
+        raise ConfigError(f"--max_seq_length {max_seq_length} exceeds max_position_embeddings "
+                          f"{config.max_position_embeddings} of the model")
+    n = tokenizer.get_vocab_size()
+    if n > config.vocab_size:
+        raise ConfigError(f"--vocab_file {vocab_file} has {n} tokens but the model has only "
+                          f"{config.vocab_size} embeddings")
 
 
 def save_finetuned(model: torch.nn.Module, output_dir: str | Path, **extra) -> Path:
