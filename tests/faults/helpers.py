@@ -1,0 +1,164 @@
+"""Shared helpers of the fault-injection suite and the bad-input table.
+
+A *world* is a tiny but real setup made with the project's own tools: a few documents of
+text, a WordPiece vocab trained on them, NVIDIA-HDF5 and LDDL-Parquet shards made by
+``create_pretraining_data.py`` and a model config from ``bert_configs/tiny.json`` (2 layers,
+hidden 128, dropout on) with the vocab's size. ``run`` starts the real CLIs in
+subprocesses, through ``inject.py`` when a fault is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+INJECT = "tests/faults/inject.py"
+FORKRUN = REPO / "tests/faults/forkrun.py"
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    text: Path      # folder of Google-format text files
+    vocab: Path     # vocab.txt trained on the text
+    hdf5: Path      # HDF5 shards (static masking), seq 64, 10 predictions
+    parquet: Path   # Parquet shards (static masking)
+    config: Path    # tiny.json with vocab_size = len(vocab)
+    n_vocab: int
+
+
+def make_world(root: Path) -> World:
+    """Text, vocab, HDF5 + Parquet shards (through the create CLI's ``main``) and a config."""
+    from bertforge.cli.create_pretraining_data import main as create_main
+    from tests.unit.data_fixtures import make_text_dir, make_vocab
+
+    root.mkdir(parents=True, exist_ok=True)
+    text = make_text_dir(root, n_files=2, n_docs=10)
+    vocab = make_vocab(root, text)
+    common = ["--input_file", str(text), "--vocab_file", str(vocab), "--max_seq_length", "64",
+              "--max_predictions_per_seq", "10", "--dupe_factor", "2", "--progress", "false"]
+    assert create_main([*common, "--output_file", str(root / "hdf5")]) == 0
+    assert create_main([*common, "--output_file", str(root / "parquet"),
+                        "--output_format", "parquet"]) == 0
+    n_vocab = len(vocab.read_text(encoding="utf-8").splitlines())
+    cfg = json.loads((REPO / "bert_configs/tiny.json").read_text())
+    cfg["vocab_size"] = n_vocab
+    config = root / "tiny.json"
+    config.write_text(json.dumps(cfg, indent=2))
+    return World(root, text, vocab, root / "hdf5", root / "parquet", config, n_vocab)
+
+
+def pretrain_args(world: World, out: Path, *extra: str, steps: int = 8) -> list[str]:
+    """The pretraining run every fault test shares: 8 steps of 2 micro-batches of 4
+    sequences, dropout on, a checkpoint every 4 steps. Same flags => same result."""
+    return [f"--input_dir={world.hdf5}", f"--config_file={world.config}", f"--output_dir={out}",
+            "--train_batch_size=8", "--gradient_accumulation_steps=2", f"--max_steps={steps}",
+            "--max_seq_length=64", "--max_predictions_per_seq=10", "--num_workers=0",
+            "--learning_rate=1e-3", "--warmup_proportion=0.25", "--seed=3",
+            "--num_steps_per_checkpoint=4", "--keep_checkpoints=3", "--do_train",
+            "--disable_progress_bar", *extra]
+
+
+def cli_env(**extra: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "TOKENIZERS_PARALLELISM": "false", **extra}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                "SLURM_NTASKS", "SLURM_PROCID", "BERTFORGE_FAULT"):
+        if var not in extra:
+            env.pop(var, None)
+    return env
+
+
+def command(script: str, args: list[str], fault: dict | None = None) -> list[str]:
+    """``python SCRIPT ARGS`` (``python -m MOD`` for a dotted name), via inject.py with a fault."""
+    if fault is not None:
+        return [PYTHON, INJECT, script, *args]
+    if script.endswith(".py"):
+        return [PYTHON, script, *args]
+    return [PYTHON, "-m", script, *args]
+
+
+def run(script: str, args: list[str], *, fault: dict | None = None, timeout: float = 300,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    e = cli_env(**(env or {}))
+    if fault is not None:
+        e["BERTFORGE_FAULT"] = json.dumps(fault)
+    return subprocess.run(command(script, args, fault), cwd=REPO, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def check(p: subprocess.CompletedProcess, code: int = 0) -> subprocess.CompletedProcess:
+    assert p.returncode == code, (f"exit {p.returncode}, expected {code}\nSTDOUT:\n{p.stdout[-2500:]}"
+                                  f"\nSTDERR:\n{p.stderr[-2500:]}")
+    return p
+
+
+def error_line(stderr: str, stdout: str = "") -> str:
+    """The one error line of a failed CLI; asserts there is no traceback and only one error."""
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr[-3000:]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert lines, "no message on stderr"
+    errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("usage:")]
+    assert len(errors) == 1, f"expected one error line, got:\n{stderr[-3000:]}"
+    return errors[0]
+
+
+def assert_user_error(p: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
+    assert p.returncode == code, f"exit {p.returncode}, expected {code}\n{p.stderr[-3000:]}"
+    line = error_line(p.stderr, p.stdout)
+    assert line.startswith("error: "), line
+    for n in needles:
+        assert n in line, f"{n!r} not in {line!r}"
+    return line
+
+
+def weights(path: Path) -> dict:
+    from bertforge.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Bit-exact equality of two checkpoints' model weights."""
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not diff, f"{len(diff)} of {len(wa)} tensors differ, e.g. {diff[:3]}"
+
+
+def final_files(d: Path) -> list[str]:
+    """Names in ``d`` that are not hidden temp files."""
+    return sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
+
+
+def temp_files(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if ".tmp-" in p.name)
+
+
+def assert_checkpoints_complete(d: Path) -> list[int]:
+    """Every ``ckpt_<N>.pt`` in ``d`` loads (no partial file under a final name); their N."""
+    from bertforge.checkpoint import list_checkpoints, load_checkpoint
+
+    steps = []
+    for n, p in list_checkpoints(d):
+        ck = load_checkpoint(p)
+        assert ck["global_step"] == n and all(torch.isfinite(v).all() for v in ck["model"].values())
+        steps.append(n)
+    return steps
+
+
+def forkrun(cases: list[dict], preload: list[str], timeout: float = 600) -> dict:
+    """Run CLI cases through forkrun.py (one interpreter, one fork per case)."""
+    spec = json.dumps({"preload": preload, "cases": cases})
+    p = subprocess.run([PYTHON, str(FORKRUN)], input=spec, cwd=REPO, env=cli_env(),
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)

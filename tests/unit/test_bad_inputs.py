@@ -1,0 +1,292 @@
+"""The bad-input table: every CLI flag that takes a path or a number, tried with the wrong
+kind of value. Each case must end with ONE line ``error: ...`` naming the flag or file (or
+argparse's ``prog: error: argument --flag: ...`` for a value of the wrong type), a non-zero
+exit status (2) and no traceback.
+
+The CLIs run for real, from the repo root, as ``python SCRIPT ARGS`` would run them; to
+avoid paying ``import torch`` ~80 times, tests/faults/forkrun.py imports each CLI once and
+forks one child per case (real processes, real exit codes and stderr). The table is also
+docs/reliability.md's bad-input section.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.faults.helpers import PYTHON, REPO, cli_env, error_line, forkrun, make_world
+
+pytestmark = pytest.mark.timeout(900)
+
+# id -> (cli, argv with {placeholders}, substrings the error line must contain).
+# cli: a script in the repo root, or a module run with -m.
+P = "run_pretraining.py"
+C = "create_pretraining_data.py"
+S = "run_squad.py"
+G = "run_glue.py"
+I = "inference.py"  # noqa: E741
+V = "bertforge.convert"
+E = "bertforge.evaluate_squad"
+
+PRE = ["--input_dir={hdf5}", "--config_file={config}", "--output_dir={tmp}/out_{id}", "--do_train",
+       "--train_batch_size=8", "--max_steps=2", "--max_seq_length=64",
+       "--max_predictions_per_seq=10", "--num_workers=0", "--disable_progress_bar"]
+CRE = ["--input_file={text}", "--output_file={tmp}/shards_{id}", "--vocab_file={vocab}",
+       "--max_seq_length=64", "--max_predictions_per_seq=10", "--dupe_factor=1",
+       "--progress=false"]
+SQD = ["--init_checkpoint={qa}", "--vocab_file={vocab}", "--output_dir={tmp}/squad_{id}",
+       "--do_train", "--train_file={squad}", "--max_seq_length=64", "--doc_stride=32",
+       "--max_query_length=16", "--train_batch_size=4", "--max_steps=1"]
+GLU = ["--task_name=sst-2", "--data_dir={glue}", "--init_checkpoint={pretrain_ckpt}", "--vocab_file={vocab}",
+       "--output_dir={tmp}/glue_{id}", "--do_train", "--max_seq_length=32",
+       "--train_batch_size=4", "--max_steps=1"]
+INF = ["--init_checkpoint={qa}", "--vocab_file={vocab}", "--question=Who wrote it?",
+       "--context=The book was written by the city council.", "--max_seq_length=64",
+       "--doc_stride=32", "--max_query_length=16"]
+
+
+def _with(base: list[str], *flags: str) -> list[str]:
+    """``base`` with ``flags`` replacing the same flags (``--x=v``) or appended."""
+    names = {f.split("=", 1)[0] for f in flags}
+    return [a for a in base if a.split("=", 1)[0] not in names] + list(flags)
+
+
+def _without(base: list[str], *names: str) -> list[str]:
+    return [a for a in base if a.split("=", 1)[0] not in names]
+
+
+CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
+    # -- run_pretraining.py: paths
+    "pretrain-input_dir-missing": (P, _with(PRE, "--input_dir={tmp}/nope"), ("--input_dir", "nope")),
+    "pretrain-input_dir-is-file": (P, _with(PRE, "--input_dir={file}"), ("--input_dir", "notes.txt")),
+    "pretrain-input_dir-no-shards": (P, _with(PRE, "--input_dir={empty}"), ("no shards", "empty")),
+    "pretrain-config_file-missing": (P, _with(PRE, "--config_file={tmp}/nope.json"), ("nope.json",)),
+    "pretrain-config_file-is-dir": (P, _with(PRE, "--config_file={empty}"), ("empty",)),
+    "pretrain-config_file-not-json": (P, _with(PRE, "--config_file={garbage}"), ("garbage.json",)),
+    "pretrain-vocab_file-missing": (P, _with(PRE, "--vocab_file={tmp}/nope.txt"), ("--vocab_file", "nope.txt")),
+    "pretrain-parquet-without-vocab": (P, _with(PRE, "--input_dir={parquet}"), ("vocab",)),
+    "pretrain-init_checkpoint-missing": (P, _with(PRE, "--init_checkpoint={tmp}/nope.pt"), ("nope.pt",)),
+    "pretrain-init_checkpoint-dir-without-config": (P, _with(PRE, "--init_checkpoint={empty}"),
+                                                    ("empty", "config.json")),
+    "pretrain-init_checkpoint-not-torch": (P, _with(PRE, "--init_checkpoint={garbage}"), ("garbage.json",)),
+    "pretrain-init_checkpoint-pickle-runs-code": (P, _with(PRE, "--init_checkpoint={evil}"),
+                                                  ("evil.pt", "GLOBAL", "could run code; refused")),
+    "pretrain-output_dir-is-file": (P, _with(PRE, "--output_dir={file}"), ("notes.txt",)),
+    "pretrain-eval_dir-missing": (P, [*PRE, "--eval_dir={tmp}/nope"], ("--eval_dir", "nope")),
+    "pretrain-resume_step-missing": (P, [*PRE, "--resume_from_checkpoint", "--resume_step=99"],
+                                     ("--resume_step 99", "ckpt_99.pt")),
+    # -- run_pretraining.py: numbers
+    "pretrain-train_batch_size-zero": (P, _with(PRE, "--train_batch_size=0"), ("--train_batch_size",)),
+    "pretrain-train_batch_size-negative": (P, _with(PRE, "--train_batch_size=-8"), ("--train_batch_size",)),
+    "pretrain-batch-not-divisible-by-accumulation": (
+        P, _with(PRE, "--train_batch_size=6", "--gradient_accumulation_steps=4"),
+        ("--train_batch_size 6", "--gradient_accumulation_steps 4")),
+    "pretrain-gradient_accumulation_steps-zero": (P, _with(PRE, "--gradient_accumulation_steps=0"),
+                                                  ("--gradient_accumulation_steps",)),
+    "pretrain-max_seq_length-above-max_position_embeddings": (
+        P, _with(PRE, "--max_seq_length=1024"), ("--max_seq_length 1024", "max_position_embeddings")),
+    "pretrain-max_seq_length-below-the-data": (P, _with(PRE, "--max_seq_length=16"), ("--max_seq_length",)),
+    "pretrain-max_steps-zero": (P, _with(PRE, "--max_steps=0"), ("--max_steps",)),
+    "pretrain-max_steps-fraction": (P, _with(PRE, "--max_steps=1.5"), ("--max_steps",)),
+    "pretrain-learning_rate-negative": (P, [*PRE, "--learning_rate=-1"], ("--learning_rate",)),
+    "pretrain-learning_rate-not-a-number": (P, [*PRE, "--learning_rate=fast"], ("--learning_rate",)),
+    "pretrain-warmup_proportion-above-one": (P, [*PRE, "--warmup_proportion=1.5"], ("--warmup_proportion",)),
+    "pretrain-num_steps_per_checkpoint-zero": (P, [*PRE, "--num_steps_per_checkpoint=0"],
+                                               ("--num_steps_per_checkpoint",)),
+    "pretrain-keep_checkpoints-zero": (P, [*PRE, "--keep_checkpoints=0"], ("--keep_checkpoints",)),
+    "pretrain-num_workers-negative": (P, _with(PRE, "--num_workers=-1"), ("--num_workers",)),
+    "pretrain-max_predictions_per_seq-zero": (P, _with(PRE, "--max_predictions_per_seq=0"),
+                                              ("--max_predictions_per_seq",)),
+    "pretrain-log_freq-zero": (P, [*PRE, "--log_freq=0"], ("--log_freq",)),
+    "pretrain-eval_freq-negative": (P, [*PRE, "--eval_freq=-1"], ("--eval_freq",)),
+    "pretrain-dist_timeout-zero": (P, [*PRE, "--dist_timeout=0"], ("--dist_timeout",)),
+    "pretrain-vocab-larger-than-model": (P, _with(PRE, "--config_file={config_small_vocab}"),
+                                         ("token id", "outside the vocabulary")),
+    "pretrain-fp16-on-cpu": (P, [*PRE, "--fp16"], ("--fp16", "CUDA")),
+    "pretrain-fp16-and-bf16": (P, [*PRE, "--fp16", "--bf16"], ("--bf16",)),
+    "pretrain-device-cuda-absent": (P, [*PRE, "--device=cuda"], ("CUDA",)),
+    # -- create_pretraining_data.py
+    "create-input_file-missing": (C, _with(CRE, "--input_file={tmp}/nope"), ("nope",)),
+    "create-input_file-empty-dir": (C, _with(CRE, "--input_file={empty}"), ("empty",)),
+    "create-vocab_file-missing": (C, _with(CRE, "--vocab_file={tmp}/nope.txt"), ("nope.txt",)),
+    "create-vocab_file-is-dir": (C, _with(CRE, "--vocab_file={empty}"), ("empty",)),
+    "create-vocab_file-without-mask": (C, _with(CRE, "--vocab_file={vocab_no_mask}"), ("[MASK]",)),
+    "create-output_file-is-file": (C, _with(CRE, "--output_file={file}"), ("notes.txt",)),
+    "create-max_seq_length-zero": (C, _with(CRE, "--max_seq_length=0"), ("max_seq_length",)),
+    "create-max_seq_length-negative": (C, _with(CRE, "--max_seq_length=-5"), ("max_seq_length",)),
+    "create-max_predictions_per_seq-negative": (C, _with(CRE, "--max_predictions_per_seq=-1"),
+                                                ("max_predictions_per_seq",)),
+    "create-masked_lm_prob-above-one": (C, [*CRE, "--masked_lm_prob=1.5"], ("masked_lm_prob",)),
+    "create-short_seq_prob-above-one": (C, [*CRE, "--short_seq_prob=2"], ("short_seq_prob",)),
+    "create-dupe_factor-zero": (C, _with(CRE, "--dupe_factor=0"), ("dupe_factor",)),
+    "create-num_workers-zero": (C, [*CRE, "--num_workers=0"], ("--num_workers",)),
+    "create-num_shards-negative": (C, [*CRE, "--num_shards=-1"], ("--num_shards",)),
+    "create-rank-outside-world": (C, [*CRE, "--rank=3", "--world_size=2"], ("--rank 3",)),
+    "create-bin_size-zero": (C, [*CRE, "--output_format=parquet", "--bin_size=0"], ("--bin_size",)),
+    "create-max_seq_length-not-a-number": (C, _with(CRE, "--max_seq_length=long"), ("--max_seq_length",)),
+    # -- run_squad.py
+    "squad-train_file-missing": (S, _with(SQD, "--train_file={tmp}/nope.json"), ("--train_file", "nope.json")),
+    "squad-predict_file-is-dir": (S, [*_without(SQD, "--do_train"), "--do_predict", "--predict_file={empty}"],
+                                  ("--predict_file",)),
+    "squad-train_file-not-json": (S, _with(SQD, "--train_file={garbage}"), ("garbage.json",)),
+    "squad-init_checkpoint-missing": (S, _with(SQD, "--init_checkpoint={tmp}/nope.pt"), ("nope.pt",)),
+    "squad-init_checkpoint-pickle-runs-code": (S, _with(SQD, "--init_checkpoint={evil}"),
+                                               ("evil.pt", "could run code; refused")),
+    "squad-vocab_file-missing": (S, _with(SQD, "--vocab_file={tmp}/nope.txt"), ("nope.txt",)),
+    "squad-config_file-other-model": (S, [*SQD, "--config_file={config_small_vocab}"],
+                                      ("qa.pt", "another config", "vocab_size 294 vs 100")),
+    "squad-max_seq_length-zero": (S, _with(SQD, "--max_seq_length=0"), ("--max_seq_length",)),
+    "squad-max_seq_length-above-max_position_embeddings": (S, _with(SQD, "--max_seq_length=1024"),
+                                                           ("--max_seq_length", "max_position_embeddings")),
+    "squad-doc_stride-zero": (S, _with(SQD, "--doc_stride=0"), ("--doc_stride",)),
+    "squad-train_batch_size-zero": (S, _with(SQD, "--train_batch_size=0"), ("--train_batch_size",)),
+    "squad-batch-below-accumulation": (S, [*SQD, "--gradient_accumulation_steps=8"],
+                                       ("--gradient_accumulation_steps",)),
+    "squad-learning_rate-zero": (S, [*SQD, "--learning_rate=0"], ("--learning_rate",)),
+    "squad-vocab-larger-than-model": (S, _with(SQD, "--init_checkpoint={qa_small_vocab}"), ("--vocab_file",)),
+    "squad-fp16-on-cpu": (S, [*SQD, "--fp16"], ("--fp16", "CUDA")),
+    # -- run_glue.py
+    "glue-task_name-unknown": (G, _with(GLU, "--task_name=sst-3"), ("--task_name", "sst-3")),
+    "glue-data_dir-missing": (G, _with(GLU, "--data_dir={tmp}/nope"), ("--data_dir",)),
+    "glue-data_dir-without-train.tsv": (G, _with(GLU, "--data_dir={empty}"), ("train.tsv",)),
+    "glue-init_checkpoint-missing": (G, _with(GLU, "--init_checkpoint={tmp}/nope.pt"), ("nope.pt",)),
+    "glue-max_seq_length-zero": (G, _with(GLU, "--max_seq_length=0"), ("--max_seq_length",)),
+    "glue-max_seq_length-above-max_position_embeddings": (G, _with(GLU, "--max_seq_length=1024"),
+                                                          ("--max_seq_length", "max_position_embeddings")),
+    "glue-num_train_epochs-zero": (G, [*_without(GLU, "--max_steps"), "--num_train_epochs=0"],
+                                   ("--num_train_epochs",)),
+    "glue-warmup_proportion-negative": (G, [*GLU, "--warmup_proportion=-0.1"], ("--warmup_proportion",)),
+    "glue-bf16-and-fp16": (G, [*GLU, "--bf16", "--fp16"], ("--bf16",)),
+    # -- inference.py
+    "inference-json-missing": (I, [*_without(INF, "--question", "--context"), "--json={tmp}/nope.json"],
+                               ("--json", "nope.json")),
+    "inference-json-not-json": (I, [*_without(INF, "--question", "--context"), "--json={garbage}"],
+                                ("--json", "garbage.json")),
+    "inference-no-question": (I, _without(INF, "--question"), ("--question",)),
+    "inference-init_checkpoint-missing": (I, _with(INF, "--init_checkpoint={tmp}/nope.pt"), ("nope.pt",)),
+    "inference-checkpoint-without-qa-head": (I, _with(INF, "--init_checkpoint={pretrain_ckpt}"),
+                                             ("qa_outputs",)),
+    "inference-vocab-larger-than-model": (I, _with(INF, "--init_checkpoint={qa_small_vocab}"),
+                                          ("--vocab_file", "294 tokens", "100 embeddings")),
+    "inference-batch_size-zero": (I, [*INF, "--batch_size=0"], ("--batch_size",)),
+    "inference-max_seq_length-above-max_position_embeddings": (I, _with(INF, "--max_seq_length=1024"),
+                                                               ("--max_seq_length 1024", "max_position_embeddings")),
+    "inference-doc_stride-zero": (I, _with(INF, "--doc_stride=0"), ("--doc_stride",)),
+    # -- python -m bertforge.convert
+    "convert-src-missing": (V, ["--from=bertforge", "--to=hf", "{tmp}/nope.pt", "{tmp}/hf_{id}"], ("nope.pt",)),
+    "convert-from-hf-given-a-file": (V, ["--from=hf", "--to=bertforge", "{qa}", "{tmp}/x_{id}.pt"], ("--from hf",)),
+    "convert-pickle-runs-code": (V, ["--from=ngc", "--to=bertforge", "{evil}", "{tmp}/x_{id}.pt",
+                                     "--config_file={config}"], ("evil.pt", "--trust_checkpoint")),
+    "convert-config_file-missing": (V, ["--from=ngc", "--to=bertforge", "{qa}", "{tmp}/x_{id}.pt",
+                                        "--config_file={tmp}/nope.json"], ("nope.json",)),
+    # -- python -m bertforge.evaluate_squad
+    "evaluate-data_file-missing": (E, ["{tmp}/nope.json", "{garbage}"], ("nope.json",)),
+    "evaluate-pred_file-not-json": (E, ["{squad}", "{garbage}"], ("garbage.json",)),
+    "evaluate-na_prob_thresh-not-a-number": (E, ["{squad}", "{garbage}", "--na_prob_thresh=high"],
+                                             ("--na_prob_thresh",)),
+}
+
+_PRELOAD = {P: ["bertforge.cli.pretrain", "bertforge.train.pretrain", "bertforge.model.bert"],
+            C: ["bertforge.cli.create_pretraining_data", "bertforge.data.create"],
+            S: ["bertforge.cli.squad"], G: ["bertforge.cli.glue"], I: ["bertforge.cli.inference"],
+            V: ["bertforge.convert"], E: ["bertforge.evaluate_squad"]}
+
+_MARKER = "pwned_by_pickle"
+
+
+class _RunsCode:
+    """Unpickling calls ``open(marker, "w")``: the file appears iff the pickle ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _fixtures(root: Path) -> dict:
+    import torch
+
+    from bertforge.config import ModelConfig
+    from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering
+    from bertforge.model.convert import save_bertforge
+
+    w = make_world(root / "world")
+    empty = root / "empty"
+    empty.mkdir()
+    (root / "notes.txt").write_text("not a directory, not a checkpoint\n")
+    (root / "garbage.json").write_text("{this is not json\n")
+    lines = w.vocab.read_text().splitlines()
+    (root / "vocab_no_mask.txt").write_text("\n".join(t for t in lines if t != "[MASK]") + "\n")
+    small = json.loads(w.config.read_text())
+    small["vocab_size"] = 100  # the data and the vocab file hold ids up to ~290
+    (root / "tiny_small_vocab.json").write_text(json.dumps(small))
+    torch.manual_seed(0)
+    save_bertforge(BertForQuestionAnswering(ModelConfig.from_json_file(w.config)), root / "qa.pt")
+    save_bertforge(BertForQuestionAnswering(ModelConfig.from_dict(small)), root / "qa_small_vocab.pt")
+    save_bertforge(BertForPreTraining(ModelConfig.from_json_file(w.config)), root / "pretrain.pt")
+    torch.save({"model": _RunsCode(str(root / _MARKER))}, root / "evil.pt")  # as an attacker would
+    ctx = "The book was written by the city council in the year of the new school."
+    squad = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": [
+        {"id": "q1", "question": "Who wrote the book?",
+         "answers": [{"text": "the city council", "answer_start": ctx.index("the city council")}]}]}]}]}
+    (root / "squad.json").write_text(json.dumps(squad))
+    glue = root / "glue"
+    glue.mkdir()
+    rows = "sentence\tlabel\n" + "".join(f"the {w} was good\t1\nthe {w} was bad\t0\n"
+                                         for w in ("city", "school", "world"))
+    (glue / "train.tsv").write_text(rows)
+    (glue / "dev.tsv").write_text(rows)
+    return {"hdf5": w.hdf5, "parquet": w.parquet, "text": w.text, "vocab": w.vocab,
+            "config": w.config, "config_small_vocab": root / "tiny_small_vocab.json",
+            "tmp": root, "empty": empty, "file": root / "notes.txt", "garbage": root / "garbage.json",
+            "vocab_no_mask": root / "vocab_no_mask.txt", "qa": root / "qa.pt",
+            "qa_small_vocab": root / "qa_small_vocab.pt", "pretrain_ckpt": root / "pretrain.pt",
+            "evil": root / "evil.pt", "squad": root / "squad.json", "glue": glue}
+
+
+def _argv(case_id: str, argv: list[str], fx: dict) -> list[str]:
+    return [a.format(id=case_id, **{k: str(v) for k, v in fx.items()}) for a in argv]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """Run every case (one forkrun process for all: torch is imported once); results by id."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    fx = _fixtures(root)
+    cases = [{"id": cid, ("script" if cli.endswith(".py") else "module"): cli,
+              "argv": _argv(cid, argv, fx), "timeout": 120} for cid, (cli, argv, _) in CASES.items()]
+    preload = list(dict.fromkeys(m for mods in _PRELOAD.values() for m in mods))
+    return fx, forkrun(cases, preload)
+
+
+def test_the_table_is_big_enough():
+    assert len(CASES) >= 30
+    assert len({c for c, _, _ in CASES.values()}) == 7  # every CLI that takes paths/numbers
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_bad_input(table, case_id):
+    fx, results = table
+    cli, _, needles = CASES[case_id]
+    r = results[case_id]
+    assert r["code"] == 2, f"exit {r['code']}\nSTDERR:\n{r['stderr'][-3000:]}"
+    line = error_line(r["stderr"], r["stdout"])
+    assert line.startswith("error: ") or ": error: argument " in line, line
+    for n in needles:
+        assert n.format(**{k: str(v) for k, v in fx.items()}) in line, f"{n!r} not in {line!r}"
+    assert not (fx["tmp"] / _MARKER).exists(), "a pickle ran code"
+
+
+def test_forkrun_agrees_with_a_plain_subprocess(table):
+    """The fork runner reports what `python SCRIPT ARGS` reports (same code, same message)."""
+    fx, results = table
+    for cid in ("pretrain-batch-not-divisible-by-accumulation", "pretrain-init_checkpoint-pickle-runs-code"):
+        cli, argv, _ = CASES[cid]
+        p = subprocess.run([PYTHON, cli, *_argv(cid, argv, fx)], cwd=REPO, env=cli_env(),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == results[cid]["code"] == 2
+        assert error_line(p.stderr) == error_line(results[cid]["stderr"])
