@@ -609,11 +609,15 @@ class _Trainer:
         try:
             while self.step < end_step:
                 micro = [_to_device(next(it), info.device, args.max_seq_length, source) for _ in range(A)]
-                if attempted == 0:
+                if attempted == 0:  # one-time checks of the data against the flags (host syncs)
                     vmax = int(micro[0]["input_ids"].max())
                     if vmax >= self.config.padded_vocab_size:
                         raise DataError(f"{source}: token id {vmax} is outside the vocabulary of "
                                         f"{args.config_file} ({self.config.padded_vocab_size})")
+                    npred = int((micro[0]["masked_lm_labels"] != -1).sum(1).max())
+                    if npred > args.max_predictions_per_seq:
+                        raise DataError(f"{source}: a sequence has {npred} masked tokens > "
+                                        f"--max_predictions_per_seq {args.max_predictions_per_seq}")
                 result = self.train_step.step(micro, self.loss_fn)
                 attempted += 1
                 if result.skipped:

@@ -247,3 +247,5 @@ def test_bad_flags_are_one_line_errors(world, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     code, _, err = run_main(base_args(data, tmp_path / "o", cfg, steps=2) + ["--max_seq_length=16"], capsys)
     assert code == 2 and "--max_seq_length 16" in err
+    code, _, err = run_main(base_args(data, tmp_path / "o2", cfg, steps=2) + ["--max_predictions_per_seq=1"], capsys)
+    assert code == 2 and "--max_predictions_per_seq 1" in err
