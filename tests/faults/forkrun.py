@@ -1,13 +1,18 @@
-"""Run many invocations of one CLI cheaply: import it once, then fork a child per invocation.
+"""Run many CLI invocations cheaply: import the CLIs once, then fork a child per invocation.
 
-``python tests/faults/forkrun.py < cases.json > results.json``; the input is
-``{"preload": ["module", ...], "cases": [{"id", "argv", "script" | "module", "timeout"}]}``.
-Each case runs in its own forked process exactly as ``python SCRIPT ARGV`` (or ``python -m
-MODULE ARGV``) would run in a fresh interpreter from the repo root: ``__main__``, real
-stdout/stderr file descriptors, the real exit status (an uncaught exception prints its
-traceback and exits 1, ``SystemExit`` gives its code, a signal gives ``-signum``). Only the
-imports are shared, which saves the ~3 s of ``import torch`` per case. The output is
+Batch: ``python tests/faults/forkrun.py < cases.json > results.json`` with
+``{"preload": ["module", ...], "cases": [case, ...]}``; the output is
 ``{id: {"code", "stdout", "stderr", "seconds"}}``.
+Server: ``python tests/faults/forkrun.py --serve MODULE...`` reads one JSON case per line on
+stdin and answers one JSON result per line on stdout (until stdin closes).
+
+A case is ``{"id", "argv", "script" | "module", "timeout", "env", "fault"}``. It runs in its
+own forked process exactly as ``python SCRIPT ARGV`` (or ``python -m MODULE ARGV``) would in
+a fresh interpreter from the repo root: ``__main__``, real stdout/stderr file descriptors,
+the real exit status (an uncaught exception prints its traceback and exits 1,
+``SystemExit`` gives its code, a signal gives ``-signum``); ``env`` is added to the
+environment and ``fault`` is injected as tests/faults/inject.py does. Only the imports are
+shared, which saves the ~3 s of ``import torch`` per run.
 """
 
 from __future__ import annotations
@@ -28,12 +33,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _child(case: dict, out_path: str, err_path: str) -> None:
     code = 1
     try:
+        null = os.open(os.devnull, os.O_RDONLY)  # never the server's request pipe
+        os.dup2(null, 0)
+        os.close(null)
         for fd, path in ((1, out_path), (2, err_path)):
             f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(f, fd)
             os.close(f)
         os.chdir(REPO)
         sys.path[0] = REPO
+        os.environ.update(case.get("env") or {})
+        if case.get("fault"):
+            from tests.faults import inject
+
+            inject.apply(case["fault"])
         try:
             if "module" in case:
                 sys.argv = [case["module"], *case["argv"]]
@@ -96,8 +109,18 @@ def _run(case: dict, tmp: str) -> dict:
 
 
 def main() -> None:
-    spec = json.load(sys.stdin)
     sys.path.insert(0, REPO)
+    if sys.argv[1:2] == ["--serve"]:
+        for mod in sys.argv[2:]:
+            importlib.import_module(mod)
+        out = sys.stdout
+        with tempfile.TemporaryDirectory() as tmp:
+            for line in sys.stdin:
+                if line.strip():
+                    out.write(json.dumps(_run(json.loads(line), tmp)) + "\n")
+                    out.flush()
+        return
+    spec = json.load(sys.stdin)
     for mod in spec.get("preload", []):
         importlib.import_module(mod)
     results = {}

@@ -162,3 +162,36 @@ def forkrun(cases: list[dict], preload: list[str], timeout: float = 600) -> dict
                        capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout)
+
+
+class ForkServer:
+    """A forkrun.py server: ``run`` executes a CLI in a fresh forked process (torch already
+    imported) and returns a CompletedProcess. One per test session."""
+
+    def __init__(self, preload: list[str]) -> None:
+        self.proc = subprocess.Popen([PYTHON, str(FORKRUN), "--serve", *preload], cwd=REPO,
+                                     env=cli_env(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.n = 0
+
+    def run(self, script: str, args: list[str], *, fault: dict | None = None,
+            env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        self.n += 1
+        case = {"id": str(self.n), "argv": [str(a) for a in args], "timeout": timeout,
+                "env": env or {}, "fault": fault,
+                ("script" if script.endswith(".py") else "module"): script}
+        self.proc.stdin.write(json.dumps(case) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the fork server died"
+        r = json.loads(line)
+        assert r["code"] != "timeout", f"{script} timed out after {timeout}s:\n{r['stderr'][-2000:]}"
+        return subprocess.CompletedProcess([script, *args], r["code"], r["stdout"], r["stderr"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -126,6 +126,12 @@ def _patch_writers(faults: dict) -> None:
     os.replace = replace
 
 
+def apply(faults: dict) -> None:
+    """Install the patches ``faults`` asks for (see the module docstring)."""
+    _patch_loss(faults)
+    _patch_writers(faults)
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit("usage: inject.py SCRIPT [ARGS...]")
@@ -133,8 +139,7 @@ def main() -> None:
     faults = json.loads(os.environ.get("BERTFORGE_FAULT", "{}") or "{}")
     # as `python SCRIPT`: the script's folder (the repo root) first on sys.path
     sys.path[0] = os.path.dirname(script)
-    _patch_loss(faults)
-    _patch_writers(faults)
+    apply(faults)
     sys.argv = [script, *sys.argv[2:]]
     runpy.run_path(script, run_name="__main__")
 

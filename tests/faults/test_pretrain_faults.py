@@ -1,0 +1,211 @@
+"""Faults injected into real pretraining runs (run_pretraining.py, tiny config, CPU).
+
+Every test runs the same 8-step job (2 micro-batches per step, dropout on, a checkpoint
+every 4 steps) as the session's uninterrupted ``reference`` run, breaks it in one way, and
+asserts what the issue asks: the files that exist, that no final name holds a partial
+file, that the last good checkpoint loads (and equals the reference's), that the message
+names the cause, and that resuming reproduces the reference's final weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.faults.helpers import (
+    PYTHON,
+    REPO,
+    assert_checkpoints_complete,
+    assert_same_weights,
+    assert_user_error,
+    check,
+    cli_env,
+    final_files,
+    pretrain_args,
+    temp_files,
+)
+
+pytestmark = pytest.mark.timeout(600)
+
+PRETRAIN = "run_pretraining.py"
+
+
+def _resume(cli, world, out: Path, reference: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Resume ``out`` to step 8 and check it ends exactly where the reference ended."""
+    p = check(cli.run(PRETRAIN, pretrain_args(world, out, "--resume_from_checkpoint", *extra)))
+    assert_same_weights(reference / "ckpt_8.pt", out / "ckpt_8.pt")
+    assert temp_files(out) == [], "a resumed run must clean up the killed writer's temp file"
+    return p
+
+
+def test_sigterm_mid_step_saves_then_resume_is_exact(world, cli, reference, tmp_path):
+    """SIGTERM during micro-batch 1 of step 3: the step finishes, ckpt_3 is saved, exit 75."""
+    out = tmp_path / "out"
+    p = cli.run(PRETRAIN, pretrain_args(world, out), fault={"signal": {"call": 5, "sig": "SIGTERM"}})
+    check(p, 75)
+    assert "SIGTERM: checkpoint saved at step 3" in p.stdout
+    assert final_files(out) == ["ckpt_3.pt", "dllogger.json"] and temp_files(out) == []
+    assert assert_checkpoints_complete(out) == [3]
+    r = _resume(cli, world, out, reference)
+    assert f"start_from {out / 'ckpt_3.pt'}" in r.stdout
+    assert assert_checkpoints_complete(out) == [3, 4, 8]
+
+
+def test_sigkill_mid_step_then_resume_is_exact(world, cli, reference, tmp_path):
+    """kill -9 during micro-batch 1 of step 6: steps 5-6 are lost, ckpt_4 is intact."""
+    out = tmp_path / "out"
+    p = cli.run(PRETRAIN, pretrain_args(world, out), fault={"signal": {"call": 11, "sig": "SIGKILL"}})
+    check(p, -9)
+    assert final_files(out) == ["ckpt_4.pt", "dllogger.json"] and temp_files(out) == []
+    assert assert_checkpoints_complete(out) == [4]
+    assert_same_weights(reference / "ckpt_4.pt", out / "ckpt_4.pt")
+    r = _resume(cli, world, out, reference)
+    assert f"start_from {out / 'ckpt_4.pt'}" in r.stdout
+
+
+def test_sigkill_during_checkpoint_write_keeps_the_previous_one(world, cli, reference, tmp_path):
+    """kill -9 when half of ckpt_8.pt is written: only a hidden temp file holds the half."""
+    out = tmp_path / "out"
+    p = cli.run(PRETRAIN, pretrain_args(world, out), fault={"kill_in_write": {"name": "ckpt_8.pt"}})
+    check(p, -9)
+    assert final_files(out) == ["ckpt_4.pt", "dllogger.json"]
+    (tmp,) = temp_files(out)
+    assert tmp.startswith(".ckpt_8.pt.tmp-")
+    assert 0 < (out / tmp).stat().st_size < (reference / "ckpt_8.pt").stat().st_size
+    assert assert_checkpoints_complete(out) == [4]
+    _resume(cli, world, out, reference)  # also removes the temp file
+    assert final_files(out) == ["ckpt_4.pt", "ckpt_8.pt", "dllogger.json"]
+
+
+@pytest.fixture(scope="session")
+def tmpfs_mounts() -> str | None:
+    """``unshare`` arguments that can mount a size-limited tmpfs in a private mount namespace
+    (root: -m; else a user namespace: -rm), or None when neither works here."""
+    probe = Path(__file__).parent / ".tmpfs_probe"
+    for flags in (["-m"], ["-rm"]):
+        probe.mkdir(exist_ok=True)
+        try:
+            r = subprocess.run(["unshare", *flags, "sh", "-c",
+                                f"mount -t tmpfs -o size=64k tmpfs {probe}"],
+                               capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            r = None
+        finally:
+            probe.rmdir()
+        if r is not None and r.returncode == 0:
+            return " ".join(flags)
+    return None
+
+
+def run_on_small_disk(unshare: str | None, size: int, args_for, tmp_path: Path, cli, script: str,
+                      **kw) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run ``script`` with its output on a ``size``-byte disk; returns (process, a copy of the
+    output folder as the run left it).
+
+    With a tmpfs (mounted in a private mount namespace, so nothing leaks out) the kernel
+    itself reports ENOSPC; without one the injector fakes it at the same quota.
+    """
+    after = tmp_path / "after"
+    if unshare is None:
+        return cli.run(script, args_for(after), fault={"enospc": {"quota": size}}, **kw), after
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    after.mkdir()
+    args = " ".join(f"'{a}'" for a in args_for(mnt))
+    sh = (f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 99\n"
+          f"{PYTHON} {script} {args}\nrc=$?\ncp -a {mnt}/. {after}/\nexit $rc\n")
+    p = subprocess.run(["unshare", *unshare.split(), "sh", "-c", sh], cwd=REPO, env=cli_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 99, p.stderr
+    return p, after
+
+
+def test_full_disk_during_checkpoint_write(world, cli, reference, tmp_path, tmpfs_mounts):
+    """The disk fills while ckpt_8.pt is written: one-line ENOSPC error, ckpt_4 intact, no
+    partial file anywhere; with space again, the resume ends where the reference ended."""
+    size = int((reference / "ckpt_4.pt").stat().st_size * 1.6)  # room for one checkpoint
+    p, after = run_on_small_disk(tmpfs_mounts, size, lambda d: pretrain_args(world, d), tmp_path,
+                                 cli, PRETRAIN)
+    assert_user_error(p, "cannot write", "ckpt_8.pt", "No space left on device")
+    assert final_files(after) == ["ckpt_4.pt", "dllogger.json"] and temp_files(after) == []
+    assert assert_checkpoints_complete(after) == [4]
+    assert_same_weights(reference / "ckpt_4.pt", after / "ckpt_4.pt")
+    _resume(cli, world, after, reference)
+
+
+@pytest.mark.parametrize("fault, call, message", [
+    ("nan_grad", 15, "the weights are no longer finite at step 8"),  # loss finite, grads NaN
+    ("inf_loss", 11, "the training loss is inf at step 6"),
+])
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(
+        world, cli, reference, tmp_path, fault, call, message):
+    out = tmp_path / "out"
+    p = cli.run(PRETRAIN, pretrain_args(world, out), fault={fault: {"call": call}})
+    line = assert_user_error(p, message, f"the last good checkpoint {out / 'ckpt_4.pt'} is kept")
+    assert "(fp32)" in line
+    assert final_files(out) == ["ckpt_4.pt", "dllogger.json"] and temp_files(out) == []
+    assert assert_checkpoints_complete(out) == [4]  # never a checkpoint with NaN weights
+    assert_same_weights(reference / "ckpt_4.pt", out / "ckpt_4.pt")
+
+
+def test_truncated_checkpoint_is_named_and_the_previous_one_resumes(world, cli, reference, tmp_path):
+    """A truncated latest checkpoint (e.g. a copy cut short) is refused by name; resuming
+    from the one before it with --resume_step reproduces the reference."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("ckpt_4.pt", "ckpt_8.pt"):
+        shutil.copy(reference / name, out / name)
+    data = (out / "ckpt_8.pt").read_bytes()
+    (out / "ckpt_8.pt").write_bytes(data[: len(data) // 2])
+    p = cli.run(PRETRAIN, pretrain_args(world, out, "--resume_from_checkpoint"))
+    assert_user_error(p, f"checkpoint {out / 'ckpt_8.pt'} cannot be read", "truncated or corrupt")
+    assert (out / "ckpt_8.pt").stat().st_size == len(data) // 2  # nothing written over it yet
+    r = _resume(cli, world, out, reference, "--resume_step=4")  # atomically replaces ckpt_8.pt
+    assert f"start_from {out / 'ckpt_4.pt'}" in r.stdout
+
+
+def test_checkpoint_of_another_config_is_refused(world, cli, reference, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(reference / "ckpt_4.pt", out / "ckpt_4.pt")
+    other = tmp_path / "wide.json"
+    other.write_text(world.config.read_text().replace('"hidden_size": 128', '"hidden_size": 64'))
+    args = pretrain_args(world, out, "--resume_from_checkpoint")
+    args = [a if not a.startswith("--config_file=") else f"--config_file={other}" for a in args]
+    p = cli.run(PRETRAIN, args)
+    assert_user_error(p, f"checkpoint {out / 'ckpt_4.pt'}", "wrong shapes", "bert.embeddings")
+    assert (out / "ckpt_4.pt").read_bytes() == (reference / "ckpt_4.pt").read_bytes()
+    assert final_files(out) == ["ckpt_4.pt"]
+
+
+class _RunsCode:
+    """Unpickling it calls ``open(marker, "w")``: the marker file appears iff code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_checkpoint_never_runs_code(world, cli, reference, tmp_path):
+    """A planted ckpt_8.pt whose unpickling would run code: resume refuses it by name and
+    the code does not run; only `convert --trust_checkpoint`, the explicit opt-in, runs it
+    (which shows the file really is live)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(reference / "ckpt_4.pt", out / "ckpt_4.pt")
+    marker = tmp_path / "code_ran"
+    torch.save({"model": _RunsCode(str(marker)), "step": 8, "phase": 1}, out / "ckpt_8.pt")
+    p = cli.run(PRETRAIN, pretrain_args(world, out, "--resume_from_checkpoint"))
+    assert_user_error(p, "ckpt_8.pt", "GLOBAL io.open", "could run code; refused")
+    p = cli.run(PRETRAIN, pretrain_args(world, tmp_path / "o2", f"--init_checkpoint={out / 'ckpt_8.pt'}"))
+    assert_user_error(p, "ckpt_8.pt", "could run code; refused", "--trust_checkpoint")
+    assert not marker.exists()
+    cli.run("bertforge.convert", ["--from=bertforge", "--to=bertforge", "--trust_checkpoint",
+                                  str(out / "ckpt_8.pt"), str(tmp_path / "x.pt")])
+    assert marker.exists(), "the positive control: with --trust_checkpoint the pickle runs"
