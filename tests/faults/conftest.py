@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,20 @@ def reference(world, cli, tmp_path_factory) -> Path:
     check(cli.run("run_pretraining.py", pretrain_args(world, out)))
     assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_4.pt", "ckpt_8.pt"]
     return out
+
+
+@pytest.fixture(scope="session")
+def tmpfs_mounts(tmp_path_factory) -> str | None:
+    """``unshare`` arguments that can mount a size-limited tmpfs in a private mount namespace
+    (root: -m; else a user namespace: -rm), or None when neither works here."""
+    probe = tmp_path_factory.mktemp("tmpfs_probe")
+    for flags in (["-m"], ["-rm"]):
+        try:
+            r = subprocess.run(["unshare", *flags, "sh", "-c",
+                                f"mount -t tmpfs -o size=64k tmpfs {probe}"],
+                               capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            r = None
+        if r is not None and r.returncode == 0:
+            return " ".join(flags)
+    return None

@@ -195,3 +195,26 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def run_on_small_disk(unshare: str | None, size: int, args_for, tmp_path: Path, cli, script: str,
+                      **kw) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run ``script`` with its output on a ``size``-byte disk; returns (process, a copy of the
+    output folder as the run left it).
+
+    With a tmpfs (mounted in a private mount namespace, so nothing leaks out) the kernel
+    itself reports ENOSPC; without one the injector fakes it at the same quota.
+    """
+    after = tmp_path / "after"
+    if unshare is None:
+        return cli.run(script, args_for(after), fault={"enospc": {"quota": size}}, **kw), after
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    after.mkdir()
+    args = " ".join(f"'{a}'" for a in args_for(mnt))
+    sh = (f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 99\n"
+          f"{PYTHON} {script} {args}\nrc=$?\ncp -a {mnt}/. {after}/\nexit $rc\n")
+    p = subprocess.run(["unshare", *unshare.split(), "sh", "-c", sh], cwd=REPO, env=cli_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 99, p.stderr
+    return p, after

@@ -17,15 +17,13 @@ import pytest
 import torch
 
 from tests.faults.helpers import (
-    PYTHON,
-    REPO,
     assert_checkpoints_complete,
     assert_same_weights,
     assert_user_error,
     check,
-    cli_env,
     final_files,
     pretrain_args,
+    run_on_small_disk,
     temp_files,
 )
 
@@ -79,49 +77,6 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(world, cli, refe
     assert assert_checkpoints_complete(out) == [4]
     _resume(cli, world, out, reference)  # also removes the temp file
     assert final_files(out) == ["ckpt_4.pt", "ckpt_8.pt", "dllogger.json"]
-
-
-@pytest.fixture(scope="session")
-def tmpfs_mounts() -> str | None:
-    """``unshare`` arguments that can mount a size-limited tmpfs in a private mount namespace
-    (root: -m; else a user namespace: -rm), or None when neither works here."""
-    probe = Path(__file__).parent / ".tmpfs_probe"
-    for flags in (["-m"], ["-rm"]):
-        probe.mkdir(exist_ok=True)
-        try:
-            r = subprocess.run(["unshare", *flags, "sh", "-c",
-                                f"mount -t tmpfs -o size=64k tmpfs {probe}"],
-                               capture_output=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            r = None
-        finally:
-            probe.rmdir()
-        if r is not None and r.returncode == 0:
-            return " ".join(flags)
-    return None
-
-
-def run_on_small_disk(unshare: str | None, size: int, args_for, tmp_path: Path, cli, script: str,
-                      **kw) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run ``script`` with its output on a ``size``-byte disk; returns (process, a copy of the
-    output folder as the run left it).
-
-    With a tmpfs (mounted in a private mount namespace, so nothing leaks out) the kernel
-    itself reports ENOSPC; without one the injector fakes it at the same quota.
-    """
-    after = tmp_path / "after"
-    if unshare is None:
-        return cli.run(script, args_for(after), fault={"enospc": {"quota": size}}, **kw), after
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    after.mkdir()
-    args = " ".join(f"'{a}'" for a in args_for(mnt))
-    sh = (f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 99\n"
-          f"{PYTHON} {script} {args}\nrc=$?\ncp -a {mnt}/. {after}/\nexit $rc\n")
-    p = subprocess.run(["unshare", *unshare.split(), "sh", "-c", sh], cwd=REPO, env=cli_env(),
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode != 99, p.stderr
-    return p, after
 
 
 def test_full_disk_during_checkpoint_write(world, cli, reference, tmp_path, tmpfs_mounts):
