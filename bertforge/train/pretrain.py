@@ -45,6 +45,9 @@ from bertforge.train.loop import TrainStep
 __all__ = ["run", "micro_batch_size", "global_batch_size", "PretrainingLoss",
            "NonFiniteLossError", "PeerFailureError", "PREEMPTED_EXIT_CODE", "evaluate_mlm"]
 
+#: Seed of the held-out batches: the same for every run, so evaluations are comparable.
+EVAL_SEED = 12345
+
 #: Exit status after a SIGTERM (Slurm preemption / time limit) once the checkpoint is written.
 PREEMPTED_EXIT_CODE = 75
 
@@ -183,15 +186,16 @@ def evaluate_mlm(model, eval_dir: str, args, info: DistInfo, precision: Precisio
                  batch_size: int) -> dict:
     """Held-out MLM accuracy / loss and NSP accuracy over ``--num_eval_batches`` batches per rank.
 
-    The loader is rebuilt with a fixed seed every time, so every evaluation of a run sees
-    the same sequences and masks. Counts are summed over ranks.
+    The loader is rebuilt with a fixed seed (:data:`EVAL_SEED`, not ``--seed``) every time, so
+    every evaluation, of this run or of another run on the same held-out shards and number of
+    ranks, sees the same sequences and masks. Counts are summed over ranks.
     """
     from bertforge.model.bert import _masked_rows
 
     was_training = model.training
     model.eval()
     core = model.module if hasattr(model, "module") else model
-    loader = _make_loader(eval_dir, args, batch_size, info, seed=args.seed + 7919)
+    loader = _make_loader(eval_dir, args, batch_size, info, seed=EVAL_SEED)
     it = iter(loader)
     sums = torch.zeros(5, dtype=torch.float64)  # correct, masked, loss*masked, nsp correct, seqs
     for _ in range(args.num_eval_batches):
