@@ -105,8 +105,8 @@ class Logger:
 
     def metadata(self, metric: str, meta: dict) -> None:
         """Describe a metric (unit, format), as ``dllogger.metadata`` does."""
-        if self._dll is not None:
-            self._dll.metadata(metric, meta)
+        if self._dll is not None:  # dllogger's Backend API: (timestamp, elapsedtime, ...)
+            self._dll.metadata(datetime.datetime.now(), time.time() - self.start, metric, meta)
         self._write({**self._stamp(), "type": "METADATA", "metric": metric, "metadata": meta})
 
     def log(self, step: Any = (), data: dict | None = None, verbosity: int = 0) -> None:
@@ -120,8 +120,8 @@ class Logger:
         data = {k: _jsonable(v) for k, v in (data or {}).items()}
         step_json = list(step) if isinstance(step, (list, tuple)) else step
         if self._dll is not None:
-            self._dll.log(datetime.datetime.now(), elapsedtime=time.time() - self.start,
-                          step=step if not isinstance(step, list) else tuple(step), data=data)
+            self._dll.log(datetime.datetime.now(), time.time() - self.start,
+                          step if not isinstance(step, list) else tuple(step), data)
         self._write({**self._stamp(), "type": "LOG", "step": step_json, "data": data})
         if self.stdout:
             fields = " | ".join(f"{k} {_fmt_value(v)}" for k, v in data.items())
