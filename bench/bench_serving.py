@@ -10,8 +10,10 @@ questions of the SQuAD dev sample, cut as inference.py cuts them):
   * served: the ONNX model in a generated model repository, served by Triton (PyPI
     nvidia-pytriton, onnxruntime inside its Python path), over HTTP and gRPC, requests of
     1 and 8 windows padded to max_seq_length, from 1 client and from 4 concurrent clients.
-Latency is per request (one batch of windows), throughput in windows per second. Every
-served run's answers are compared with inference.py's answers.
+Latency is per request (one batch of windows), throughput in windows per second, CPU time
+per window over all processes involved (this one, plus the server's process group for
+served runs; steadier than wall time on a shared machine). Every served run's answers are
+compared with inference.py's answers.
 
     BERTFORGE_REAL_DATA=/work/shared/data .venv/bin/python bench/bench_serving.py \
         [--config_file bert_configs/small.json | --init_checkpoint CKPT] [--questions 64] [--json out.json]
@@ -44,6 +46,26 @@ from bertforge.serving.launcher import TritonServerProcess  # noqa: E402
 from bertforge.serving.repository import BatchingOptions, generate_repository  # noqa: E402
 from bertforge.tasks.squad import decode, features_from, qa_logits, read_squad_examples  # noqa: E402
 from bertforge.tasks.text import load_tokenizer  # noqa: E402
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pgid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, plus every process in group ``pgid``
+    (the Triton server and its helpers). Steadier than wall time on a shared machine."""
+    t = os.times()
+    total = t.user + t.system
+    if pgid is not None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime(11) stime(12)
+                total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
 
 
 def _slice(feats, sl):
@@ -118,13 +140,14 @@ def main() -> int:
                          "windows": len(feats), "max_seq_length": args.max_seq_length,
                          "torch_threads": torch.get_num_threads(), "runs": []}
 
-    def add(name, stats, agree=None):
+    def add(name, stats, cpu_s, agree=None):
         d = asdict(stats)
         d["run"] = name
+        d["cpu_ms_per_window"] = 1e3 * cpu_s / stats.sequences
         d["answers_equal_inference_py"] = agree
         figures["runs"].append(d)
         rows.append(f"| {name} | {stats.batch_size} | {stats.concurrency} | {stats.p50_ms:.1f} | {stats.p90_ms:.1f} | "
-                    f"{stats.p99_ms:.1f} | {stats.sequences_per_s:.1f} | "
+                    f"{stats.p99_ms:.1f} | {stats.sequences_per_s:.1f} | {d['cpu_ms_per_window']:.1f} | "
                     + ("" if agree is None else f"{agree}/{len(examples)}") + " |")
         print(rows[-1], flush=True)
 
@@ -141,18 +164,23 @@ def main() -> int:
         reference = {}
         for bs in (1, 8):
             _inprocess_torch(model, _slice(feats, slice(0, args.warmup)), bs)  # warm-up
+            cpu0 = _cpu_s()
             s, e, lat, wall = _inprocess_torch(model, feats, bs)
+            cpu = _cpu_s() - cpu0
             reference[bs] = [pr.text for pr in decode(examples, feats, s, e)]
             add("in-process PyTorch (inference.py path)", latency_stats(
                 lat, protocol="-", batch_size=bs, concurrency=1, sequences=len(feats), questions=len(examples),
-                wall_s=wall))
+                wall_s=wall), cpu)
         ref = reference[8]
         names = [t.name for t in manifest.get("onnx").inputs]
         for bs in (1, 8):
             _inprocess_onnx(tmp / "export" / "model.onnx", feats, bs, names)  # warm-up pass
+            cpu0 = _cpu_s()
             lat, wall = _inprocess_onnx(tmp / "export" / "model.onnx", feats, bs, names)
+            cpu = _cpu_s() - cpu0
             add("in-process onnxruntime", latency_stats(lat, protocol="-", batch_size=bs, concurrency=1,
-                                                        sequences=len(feats), questions=len(examples), wall_s=wall))
+                                                        sequences=len(feats), questions=len(examples), wall_s=wall),
+                cpu)
 
         with TritonServerProcess(tmp / "repo", ["bert_qa_onnx"]) as srv:
             warm = examples[:args.warmup]
@@ -160,18 +188,20 @@ def main() -> int:
                 for bs, conc in ((1, 1), (8, 1), (1, 4), (8, 4)):
                     run_squad(url, "bert_qa_onnx", warm, tokenizer, protocol=protocol, batch_size=bs,
                               concurrency=conc, **windows)
+                    cpu0 = _cpu_s(srv.proc.pid)
                     preds, stats = run_squad(url, "bert_qa_onnx", examples, tokenizer, protocol=protocol,
                                              batch_size=bs, concurrency=conc, **windows)
+                    cpu = _cpu_s(srv.proc.pid) - cpu0  # client (incl. tokenizing, decoding) + server
                     agree = sum(p.text == r for p, r in zip(preds, ref, strict=True))
-                    add(f"Triton {protocol}", stats, agree)
+                    add(f"Triton {protocol}", stats, cpu, agree)
         figures["server_leftover_processes"] = len(srv.leftovers)
 
     try:
         figures["load_average"] = os.getloadavg()
     except OSError:
         pass
-    header = ("| run | batch | clients | p50 ms | p90 ms | p99 ms | windows/s | answers = inference.py |\n"
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    header = ("| run | batch | clients | p50 ms | p90 ms | p99 ms | windows/s | CPU ms/window | answers = inference.py |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"\nmodel {model_desc}, {n_params / 1e6:.1f} M parameters; {len(examples)} questions -> {len(feats)} "
           f"windows of {args.max_seq_length}; load average {figures.get('load_average')}\n")
     print(header)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import queue
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -54,6 +55,16 @@ class ClientError(UserError):
 
 class ServerError(UserError):
     """Triton answered a request with an error (the message is Triton's)."""
+
+
+def _short(message: str) -> str:
+    """Triton's error text; for a Python-model error (a whole traceback) its last exception line."""
+    lines = [ln.strip() for ln in message.splitlines()]
+    if "Traceback (most recent call last)" in message:
+        raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception): ", ln)]
+        if raised:
+            return raised[-1]
+    return " ".join(message.split())
 
 
 def _modules(protocol: str):
@@ -95,10 +106,14 @@ class TritonQAClient:
                 config = self._client.get_model_config(model_name, headers=headers, as_json=True)["config"]
         except self._exc as e:
             self.close()
-            raise ServerError(f"{protocol}://{url} model {model_name}: {e.message()}") from None
+            raise ServerError(f"{protocol}://{url} model {model_name}: {_short(e.message())}") from None
+        except OSError as e:  # the HTTP client lets connection errors through
+            self.close()
+            raise ServerError(f"{protocol}://{url}: cannot connect ({e.strerror or e})") from None
         self.inputs = [(t["name"], t["datatype"]) for t in meta["inputs"]]
         self.outputs = [t["name"] for t in meta["outputs"]]
         if len(self.inputs) != 3:
+            self.close()
             raise ClientError(f"model {model_name} has {len(self.inputs)} inputs; a BERT model has 3")
         self.max_batch_size = int(config.get("max_batch_size", 0))
         params = config.get("parameters", {}) or {}
@@ -153,7 +168,7 @@ class TritonQAClient:
                 res = self._client.infer(self.model_name, inputs, outputs=outputs, headers=self.headers,
                                          client_timeout=self.timeout_s)
         except self._exc as e:
-            raise ServerError(f"model {self.model_name}: {e.message()}") from None
+            raise ServerError(f"model {self.model_name}: {_short(e.message())}") from None
         return [res.as_numpy(n) for n in self.outputs]
 
     def statistics(self) -> dict:
@@ -163,7 +178,7 @@ class TritonQAClient:
                 return self._client.get_inference_statistics(self.model_name, headers=self.headers)
             return self._client.get_inference_statistics(self.model_name, headers=self.headers, as_json=True)
         except self._exc as e:
-            raise ServerError(f"statistics of {self.model_name}: {e.message()}") from None
+            raise ServerError(f"statistics of {self.model_name}: {_short(e.message())}") from None
 
 
 # --------------------------------------------------------------------------- SQuAD
