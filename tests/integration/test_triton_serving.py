@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from bertforge.config import ModelConfig
 from bertforge.cli.inference import main as inference_main
+from bertforge.config import ModelConfig
 from bertforge.errors import UserError
 from bertforge.model.bert import BertForQuestionAnswering
 from bertforge.model.convert import save_bertforge

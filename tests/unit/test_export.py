@@ -17,7 +17,11 @@ import torch
 
 from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError, UserError
-from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification
+from bertforge.model.bert import (
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+)
 from bertforge.model.convert import save_bertforge
 from bertforge.serving import export as ex
 from bertforge.serving.signature import ExportManifest
