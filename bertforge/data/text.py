@@ -318,7 +318,9 @@ def read_text_documents(path: str | os.PathLike) -> tuple[list[Document], ReadSt
     text, bad = decode_utf8_counting(_read_bytes(p))
     docs: list[Document] = []
     cur: list[str] = []
-    for line in text.splitlines():
+    # Lines end at "\n" only: str.splitlines() would also break a sentence at \x0b, \x0c,
+    # \x1c-\x1e, \x85, \u2028, \u2029, which text extraction leaves inside sentences.
+    for line in text.split("\n"):
         line = line.strip()
         if not line:
             if cur:
@@ -343,7 +345,7 @@ def read_jsonl_documents(path: str | os.PathLike, text_field: str = "text"
     p = Path(path)
     text, bad = decode_utf8_counting(_read_bytes(p))
     docs: list[Document] = []
-    for i, line in enumerate(text.splitlines()):
+    for i, line in enumerate(text.split("\n")):  # JSON strings may hold a raw \u2028
         if not line.strip():
             continue
         try:
