@@ -85,7 +85,8 @@ def atomic_path(final: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM,
+                       errno.EISDIR, errno.ENOTDIR, errno.EFBIG):
             raise UserError(f"cannot write {final}: {e.strerror}") from None
         raise
     except BaseException:

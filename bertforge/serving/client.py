@@ -358,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     url = args.url or ("localhost:8000" if args.protocol == "http" else "localhost:8001")
+    if args.max_questions < 0:
+        raise ConfigError(f"--max_questions must be >= 0 (0: all), got {args.max_questions}")
+    if args.batch_size < 1 or min(args.concurrency, default=0) < 1:
+        raise ConfigError(f"--batch_size and --concurrency must be >= 1, got {args.batch_size} "
+                          f"and {args.concurrency}")
     if (args.predict_file is None) == (args.question is None):
         raise ConfigError("give either --predict_file or --question with --context")
     if args.question is not None:

@@ -30,6 +30,12 @@ G = "run_glue.py"
 I = "inference.py"  # noqa: E741
 V = "bertforge.convert"
 E = "bertforge.evaluate_squad"
+T = "bertforge.cli.prepare_text"
+W = "bertforge.cli.prepare_vocab"
+F = "bertforge.cli.fill_mask"
+X = "deploy/triton/export_model.py"
+R = "deploy/triton/generate_model_repository.py"
+K = "deploy/triton/run_squad_client.py"
 
 PRE = ["--input_dir={hdf5}", "--config_file={config}", "--output_dir={tmp}/out_{id}", "--do_train",
        "--train_batch_size=8", "--max_steps=2", "--max_seq_length=64",
@@ -182,6 +188,50 @@ CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
                                      "--config_file={config}"], ("evil.pt", "--trust_checkpoint")),
     "convert-config_file-missing": (V, ["--from=ngc", "--to=bertforge", "{qa}", "{tmp}/x_{id}.pt",
                                         "--config_file={tmp}/nope.json"], ("nope.json",)),
+    # -- data preparation (python -m bertforge.cli.prepare_text / prepare_vocab)
+    "prepare_text-input-missing": (T, ["--input={tmp}/nope.xml.bz2", "--output_dir={tmp}/text_{id}"],
+                                   ("nope.xml.bz2",)),
+    "prepare_text-num_shards-zero": (T, ["--input={text}", "--output_dir={tmp}/text_{id}", "--num_shards=0"],
+                                     ("--num_shards",)),
+    "prepare_text-holdout_fraction-above-one": (T, ["--input={text}", "--output_dir={tmp}/text_{id}",
+                                                    "--holdout_fraction=1.5"], ("--holdout_fraction",)),
+    "prepare_text-num_workers-zero": (T, ["--input={text}", "--output_dir={tmp}/text_{id}",
+                                          "--num_workers=0"], ("--num_workers",)),
+    "prepare_vocab-input-missing": (W, ["--input={tmp}/nope", "--output={tmp}/v_{id}.txt"], ("nope",)),
+    "prepare_vocab-vocab_size-zero": (W, ["--input={text}", "--output={tmp}/v_{id}.txt", "--vocab_size=0"],
+                                      ("--vocab_size",)),
+    "prepare_vocab-output-is-dir": (W, ["--input={text}", "--output={empty}"], ("empty",)),
+    # -- python -m bertforge.cli.fill_mask
+    "fill_mask-init_checkpoint-missing": (F, ["--init_checkpoint={tmp}/nope.pt", "--vocab_file={vocab}",
+                                              "--text=the [MASK] city"], ("nope.pt",)),
+    "fill_mask-top_k-zero": (F, ["--init_checkpoint={pretrain_ckpt}", "--vocab_file={vocab}",
+                                 "--text=the [MASK] city", "--top_k=0"], ("--top_k",)),
+    "fill_mask-input_file-missing": (F, ["--init_checkpoint={pretrain_ckpt}", "--vocab_file={vocab}",
+                                         "--input_file={tmp}/nope.txt"], ("nope.txt",)),
+    # -- deploy/triton scripts (the Triton server itself runs in its own venv)
+    "export-init_checkpoint-missing": (X, ["--init_checkpoint={tmp}/nope.pt", "--output_dir={tmp}/exp_{id}"],
+                                       ("nope.pt",)),
+    "export-max_seq_length-zero": (X, ["--init_checkpoint={qa}", "--output_dir={tmp}/exp_{id}",
+                                       "--check_file={squad}", "--vocab_file={vocab}",
+                                       "--max_seq_length=0"], ("--max_seq_length",)),
+    "export-num_labels-zero": (X, ["--init_checkpoint={pretrain_ckpt}", "--output_dir={tmp}/exp_{id}",
+                                   "--task=classification", "--num_labels=0"], ("--num_labels",)),
+    "export-fp16-on-cpu": (X, ["--init_checkpoint={qa}", "--output_dir={tmp}/exp_{id}",
+                               "--precisions=fp16", "--device=cpu"], ("fp16",)),
+    "repository-export_dir-missing": (R, ["--export_dir={tmp}/nope", "--model_repository={tmp}/repo_{id}"],
+                                      ("nope",)),
+    "repository-max_batch_size-zero": (R, ["--export_dir={empty}", "--model_repository={tmp}/repo_{id}",
+                                           "--max_batch_size=0"], ("--max_batch_size",)),
+    "repository-instance_count-zero": (R, ["--export_dir={empty}", "--model_repository={tmp}/repo_{id}",
+                                           "--instance_count=0"], ("--instance_count",)),
+    "client-vocab_file-missing": (K, ["--vocab_file={tmp}/nope.txt", "--question=q", "--context=c"],
+                                  ("nope.txt",)),
+    "client-predict_file-missing": (K, ["--vocab_file={vocab}", "--predict_file={tmp}/nope.json"],
+                                    ("nope.json",)),
+    "client-max_questions-negative": (K, ["--vocab_file={vocab}", "--predict_file={squad}",
+                                          "--max_questions=-1"], ("--max_questions",)),
+    "client-concurrency-zero": (K, ["--vocab_file={vocab}", "--predict_file={squad}",
+                                    "--concurrency=0"], ("--concurrency",)),
     # -- python -m bertforge.evaluate_squad
     "evaluate-data_file-missing": (E, ["{tmp}/nope.json", "{garbage}"], ("nope.json",)),
     "evaluate-pred_file-not-json": (E, ["{squad}", "{garbage}"], ("garbage.json",)),
@@ -192,7 +242,11 @@ CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
 _PRELOAD = {P: ["bertforge.cli.pretrain", "bertforge.train.pretrain", "bertforge.model.bert"],
             C: ["bertforge.cli.create_pretraining_data", "bertforge.data.create"],
             S: ["bertforge.cli.squad"], G: ["bertforge.cli.glue"], I: ["bertforge.cli.inference"],
-            V: ["bertforge.convert"], E: ["bertforge.evaluate_squad"]}
+            V: ["bertforge.convert"], E: ["bertforge.evaluate_squad"],
+            T: ["bertforge.cli.prepare_text"], W: ["bertforge.cli.prepare_vocab"],
+            F: ["bertforge.cli.fill_mask"], X: ["bertforge.serving.export"],
+            R: ["bertforge.serving.repository"],
+            K: ["bertforge.serving.client", "bertforge.tasks.squad", "tritonclient.http"]}
 
 _MARKER = "pwned_by_pickle"
 
@@ -265,7 +319,7 @@ def table(tmp_path_factory):
 
 def test_the_table_is_big_enough():
     assert len(CASES) >= 30
-    assert len({c for c, _, _ in CASES.values()}) == 7  # every CLI that takes paths/numbers
+    assert len({c for c, _, _ in CASES.values()}) == 13  # every CLI that takes paths/numbers
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
