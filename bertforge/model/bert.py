@@ -68,6 +68,7 @@ class _Packing:
         self.batch, self.length = batch, length
         self.indices: torch.Tensor | None = None
         self.key_mask: torch.Tensor | None = None  # [B, 1, 1, L] bool, True = attend
+        self.runs: list[tuple[int, int]] | None = None
         if attention_mask is None:
             return
         mask = attention_mask.bool()
@@ -76,6 +77,16 @@ class _Packing:
         self.key_mask = mask[:, None, None, :]
         if unpad:
             self.indices = mask.flatten().nonzero().squeeze(1)  # [T]
+            # Runs of consecutive sequences of equal length, (count, length): each run is one
+            # contiguous [count * length, ...] block of the packed layout that attention can
+            # process as a [count, length] batch with no mask (varlen attention).
+            runs: list[tuple[int, int]] = []
+            for n in mask.sum(1).tolist():
+                if runs and runs[-1][1] == n:
+                    runs[-1] = (runs[-1][0] + 1, n)
+                else:
+                    runs.append((1, n))
+            self.runs = runs
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, ...] -> [T, ...] (or [B*L, ...] when not unpadding)."""
@@ -138,23 +149,35 @@ class BertSelfAttention(nn.Module):
         nh, hd = self.num_attention_heads, self.attention_head_size
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight], 0)  # [3H, H]
         b = torch.cat([self.query.bias, self.key.bias, self.value.bias], 0)  # [3H]
-        qkv = packing.unpack(F.linear(x, w, b))  # [B, L, 3H]
+        qkv = F.linear(x, w, b)  # [T, 3H]
+        if packing.runs is not None:
+            # Unpadded: attention per run of equal-length sequences, on real tokens only, so
+            # neither the L x L scores nor their dropout are computed for padding.
+            outs = []
+            for block, (r, n) in zip(qkv.split([r * n for r, n in packing.runs]), packing.runs):
+                if n == 0:
+                    continue
+                q, k, v = block.view(r, n, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [r, nh, n, hd]
+                outs.append(self._attend(q, k, v, None).transpose(1, 2).reshape(r * n, nh * hd))
+            return torch.cat(outs, 0) if outs else qkv.new_zeros(0, nh * hd)
+        qkv = packing.unpack(qkv)  # [B, L, 3H]
         B, L = qkv.shape[:2]
-        qkv = qkv.view(B, L, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, B, nh, L, hd]
-        q, k, v = qkv.unbind(0)  # each [B, nh, L, hd]
+        q, k, v = qkv.view(B, L, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, nh, L, hd]
+        ctx = self._attend(q, k, v, packing.key_mask)  # [B, nh, L, hd]
+        return packing.pack(ctx.transpose(1, 2).reshape(B, L, nh * hd))  # [T, H]
+
+    def _attend(self, q, k, v, key_mask):
+        """Scaled dot-product attention. q, k, v [..., n, hd]; key_mask [..., 1, n] bool or None."""
         p = self.dropout_prob if self.training else 0.0
         if p > 0.0 and q.device.type == "cpu":
             # Explicit attention so the probabilities get the fast CPU dropout mask
             # (SDPA's internal dropout draws from the slow scalar generator).
-            scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # [B, nh, L, L]
-            if packing.key_mask is not None:
-                scores = scores.masked_fill(~packing.key_mask, torch.finfo(scores.dtype).min)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # [..., n, n]
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
             probs = fast_dropout(torch.softmax(scores, dim=-1), p, True)
-            ctx = torch.matmul(probs, v)  # [B, nh, L, hd]
-        else:
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask,
-                                                 dropout_p=p)  # [B, nh, L, hd]
-        return packing.pack(ctx.transpose(1, 2).reshape(B, L, nh * hd))  # [T, H]
+            return torch.matmul(probs, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
 
 
 class BertSelfOutput(nn.Module):

@@ -210,3 +210,23 @@ def test_sequence_too_long_is_refused():
     m = BertModel(tiny_config(max_position_embeddings=16))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         m(torch.ones(1, 17, dtype=torch.long))
+
+
+def test_varlen_attention_runs_of_equal_lengths():
+    """Consecutive sequences of equal length are attended as one batch (a 'run')."""
+    torch.manual_seed(9)
+    ours = BertForQuestionAnswering(tiny_config()).eval()
+    hf = hf_twin(ours, transformers.BertForQuestionAnswering)
+    lengths = [20, 20, 20, 7, 7, 24, 3]
+    ids = torch.randint(1, 101, (len(lengths), 24))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    from bertforge.model.bert import _Packing
+
+    assert _Packing(mask, *ids.shape, unpad=True).runs == [(3, 20), (2, 7), (1, 24), (1, 3)]
+    with torch.no_grad():
+        s, e = ours(ids, attention_mask=mask)
+        ref = hf(input_ids=ids, attention_mask=mask)
+    assert max_diff(s, ref.start_logits, mask) <= TOL
+    assert max_diff(e, ref.end_logits, mask) <= TOL
