@@ -29,13 +29,13 @@ def test_wikipedia_sample_mlm_accuracy_improves(tmp_path):
         f"--eval_dir={data / 'phase1_holdout_hdf5'}", f"--output_dir={tmp_path / 'ckpt'}",
         f"--config_file={REPO / 'bert_configs/tiny.json'}", f"--vocab_file={data / 'vocab.txt'}",
         "--train_batch_size=32", "--max_seq_length=128", "--max_predictions_per_seq=20",
-        "--max_steps=250", "--warmup_proportion=0.1", "--learning_rate=2e-3",
-        "--num_steps_per_checkpoint=250", "--num_eval_batches=20", "--log_freq=25", "--do_train",
+        "--max_steps=300", "--warmup_proportion=0.05", "--learning_rate=1e-2",
+        "--num_steps_per_checkpoint=300", "--num_eval_batches=20", "--log_freq=25", "--do_train",
         "--disable_progress_bar", "--num_workers=1", f"--json-summary={log}", "--seed=12439",
     ], cwd=REPO, env=env, check=True, timeout=5400)
     recs = [r for r in read_dllogger(log) if r["type"] == "LOG"]
     evals = [r["data"]["eval_mlm_accuracy"] for r in recs if "eval_mlm_accuracy" in r["data"]]
     curve = [r["data"]["average_loss"] for r in recs if "average_loss" in r["data"]]
-    assert len(evals) == 2 and len(curve) == 10
-    assert evals[-1] >= evals[0] + 0.03, evals  # measured: 0.000 -> 0.056
-    assert curve[-1] < curve[0] - 1.0, curve
+    assert len(evals) == 2 and len(curve) == 12
+    assert evals[-1] >= evals[0] + 0.06, evals  # measured: 0.000 -> 0.098
+    assert curve[-1] < curve[0] - 2.0, curve  # measured: 10.67 -> 7.50
