@@ -139,31 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _hide_triton_namespace() -> None:
-    """Keep the repo's ``triton/`` folder (Triton serving scripts) from posing as OpenAI Triton.
-
-    ``python run_pretraining.py`` puts the repo root on ``sys.path``; without the real
-    ``triton`` package installed (CPU machines), ``import triton`` then finds that folder as a
-    namespace package and ``torch._dynamo`` (imported lazily by ``torch.optim``) crashes on
-    ``triton.language``. A namespace package is never the real Triton, so mark it absent.
-    """
-    import importlib.util
-    import sys
-
-    if "triton" in sys.modules:
-        return
-    try:
-        spec = importlib.util.find_spec("triton")
-    except (ImportError, ValueError):
-        return
-    if spec is not None and spec.origin in (None, "namespace"):
-        sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run pretraining; returns the exit status (see docs/pretraining.md)."""
-    _hide_triton_namespace()
     from bertforge.train.pretrain import run
 
     args = build_parser().parse_args(argv)
