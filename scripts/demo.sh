@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# `make demo`: the whole BERT pipeline on the real (shortened) English Wikipedia dump, CPU only,
+# run as a preset of the real scripts:
+#   1 data/create_datasets_from_start.sh sample   dump -> text -> WordPiece vocab ->
+#                                                 phase-1 HDF5 + phase-2 Parquet shards
+#   2 scripts/run_pretraining.sh <demo preset>    two-phase LAMB pretraining of a small BERT
+#   3 run_pretraining.py (evaluation only)        held-out MLM accuracy, trained vs untrained
+#   4 python -m bertforge.cli.fill_mask           [MASK] examples from held-out sentences
+#   5 python -m bertforge.plot                    loss / learning-rate curves (PNG)
+# Everything goes under OUT_DIR (default results/demo); the last lines name it.
+# Interrupt it (Ctrl-C) and run it again: finished steps are skipped (each writes its outputs
+# atomically, so an output that exists is complete) and pretraining continues from its latest
+# checkpoint. Delete OUT_DIR to start over.
+#
+# Usage: bash scripts/demo.sh [OUT_DIR]
+# Environment: PYTHON (default .venv/bin/python or python3);
+#   DEMO_PRESET  full (default: ~8 min on 2 cores) | smoke (a few steps of a tiny model, for tests)
+#   DEMO_STOP_AFTER=data  stop after step 1 (scripts/demo_qa.sh only needs the text)
+# Scaling up is a matter of arguments to the same scripts: see docs/pretraining.md.
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+out="${1:-$repo/results/demo}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+preset="${DEMO_PRESET:-full}"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$repo/.venv/bin/python" ]]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHON
+
+# -- the preset: every size of the demo in one place ------------------------------------------
+# Phase 1: sequences of 128 (20 masked), phase 2: 512 (80 masked), both LAMB with warmup.
+case "$preset" in
+    full)
+        vocab_size=8192 dupe_factor=3 text_shards=8 shards=4 phase2_seq=512 phase2_pred=80
+        bert_config="$repo/bert_configs/demo.json"
+        p1_batch=64 p1_lr=1e-2 p1_warmup=0.1 p1_steps=300
+        p2_batch=16 p2_lr=4e-3 p2_warmup=0.1 p2_steps=30
+        ckpt_every=50 log_every=10 eval_batches=40 eval_batch=64 fill_examples=6 ;;
+    smoke)
+        vocab_size=1000 dupe_factor=1 text_shards=2 shards=1 phase2_seq=128 phase2_pred=20
+        bert_config="$repo/bert_configs/demo.json"
+        p1_batch=8 p1_lr=1e-2 p1_warmup=0.1 p1_steps="${DEMO_SMOKE_STEPS:-4}"
+        p2_batch=4 p2_lr=4e-3 p2_warmup=0.1 p2_steps=2
+        ckpt_every="${DEMO_SMOKE_CKPT_EVERY:-2}" log_every=1 eval_batches=2 eval_batch=16 fill_examples=2 ;;
+    *) echo "demo.sh: error: DEMO_PRESET must be full or smoke, got '$preset'" >&2; exit 2 ;;
+esac
+
+data="$out/data"
+export BERT_PREP_WORKING_DIR="$data"  # where the CPU presets of run_pretraining.sh find the data
+vocab="$data/vocab.txt"
+final_ckpt="$out/checkpoints/ckpt_$((p1_steps + p2_steps)).pt"
+
+# The console output is also kept in $out/demo.log (appended to on every run).
+exec > >(tee -a "$out/demo.log") 2>&1
+t0=$SECONDS
+stage() { echo; echo "=== [$1/5] $2   (demo time $((SECONDS - t0)) s)"; }
+skip() { echo "    done before: $1 exists (delete it to redo this step)"; }
+
+demo_pretrain_args() {  # the 32 positional arguments of scripts/run_pretraining.sh
+    # shellcheck source=configs/pretrain_config.sh
+    source "$here/configs/pretrain_config.sh"
+    _cpu_common  # CPU defaults (fp32, one process, static masking, data from BERT_PREP_WORKING_DIR)
+    train_batch_size=$p1_batch learning_rate=$p1_lr warmup_proportion=$p1_warmup
+    train_steps=$p1_steps gradient_accumulation_steps=1
+    train_batch_size_phase2=$p2_batch learning_rate_phase2=$p2_lr
+    warmup_proportion_phase2=$p2_warmup train_steps_phase2=$p2_steps
+    gradient_accumulation_steps_phase2=1 save_checkpoint_steps=$ckpt_every
+    resume_training=true create_logfile=false num_workers=1 seed=12439
+    job_name=bert_demo BERT_CONFIG=$bert_config
+    _pretrain_args
+}
+
+echo "bertforge demo ($preset preset): results in $out"
+echo "Ctrl-C stops it; running it again continues where it stopped."
+
+# 1. data ---------------------------------------------------------------------------------------
+stage 1 "Wikipedia sample -> text -> vocab -> phase-1 HDF5 + phase-2 Parquet ($data)"
+SKIP_EXISTING=1 VOCAB_SIZE=$vocab_size DUPE_FACTOR=$dupe_factor NUM_TEXT_SHARDS=$text_shards \
+    NUM_SHARDS=$shards PHASE2_SEQ=$phase2_seq PHASE2_PRED=$phase2_pred \
+    bash "$repo/data/create_datasets_from_start.sh" sample "$data"
+
+if [[ "${DEMO_STOP_AFTER:-}" == data ]]; then echo "data ready: $data"; exit 0; fi
+
+# 2. pretraining --------------------------------------------------------------------------------
+stage 2 "two-phase LAMB pretraining of $(basename "$bert_config" .json) BERT" \
+        "($p1_steps x $p1_batch seqs of 128, then $p2_steps x $p2_batch of <= $phase2_seq)"
+if [[ -f "$final_ckpt" ]]; then
+    skip "$final_ckpt"
+else
+    # shellcheck disable=SC2046  # the preset is a list of 32 words by design
+    RESULTS_DIR="$out" EXTRA_ARGS="--log_freq=$log_every" \
+        bash "$here/run_pretraining.sh" $(demo_pretrain_args)
+fi
+
+# 3. held-out MLM accuracy: the pretrained model and the same model untrained ---------------------
+stage 3 "held-out MLM accuracy ($eval_batches batches of $eval_batch held-out sequences)"
+for which in untrained trained; do
+    f="$out/eval_$which.json"
+    if [[ -f "$f" ]]; then skip "$f"; continue; fi
+    flags=(--input_dir "$data/phase1_hdf5" --eval_dir "$data/phase1_holdout_hdf5"
+           --output_dir "$out/checkpoints" --config_file "$bert_config" --vocab_file "$vocab"
+           --max_seq_length 128 --max_predictions_per_seq 20 --num_eval_batches "$eval_batches"
+           --eval_batch_size "$eval_batch" --num_workers 0 --seed 12439
+           --json-summary "$f.partial")
+    [[ $which == trained ]] && flags+=(--init_checkpoint "$final_ckpt")
+    echo "    $which model:"
+    "$PYTHON" "$repo/run_pretraining.py" "${flags[@]}"
+    mv "$f.partial" "$f"
+done
+
+# 4. fill-mask on held-out sentences ------------------------------------------------------------
+stage 4 "fill-mask on held-out sentences"
+if [[ -f "$out/fill_mask.txt" ]]; then
+    skip "$out/fill_mask.txt"
+else
+    "$PYTHON" -m bertforge.cli.fill_mask --init_checkpoint "$final_ckpt" --vocab_file "$vocab" \
+        --from_text "$data/text/holdout" --num_examples "$fill_examples" --top_k 5 --seed 3 \
+        --output "$out/fill_mask.json" > "$out/fill_mask.txt.partial"
+    mv "$out/fill_mask.txt.partial" "$out/fill_mask.txt"
+fi
+
+# 5. curves -------------------------------------------------------------------------------------
+stage 5 "loss and learning-rate curves from the dllogger log"
+png="$out/pretraining_curves.png"
+if [[ -f "$png" ]]; then
+    skip "$png"
+else
+    "$PYTHON" -m bertforge.plot "$out/dllogger.json" -o "$png" \
+        --title "bertforge demo: $(basename "$bert_config" .json) BERT on the Wikipedia sample"
+fi
+
+# summary ---------------------------------------------------------------------------------------
+acc() {  # eval log -> "xx.x% (N masked tokens)"
+    "$PYTHON" - "$1" <<'EOF'
+import sys
+from bertforge.plot import read_records
+final = [r["data"] for r in read_records(sys.argv[1])[0]
+         if r.get("type") == "LOG" and r.get("step") == [] and "eval_mlm_accuracy" in r.get("data", {})]
+d = final[-1]
+print(f"{100 * d['eval_mlm_accuracy']:.1f}% (MLM loss {d['eval_mlm_loss']:.2f}, "
+      f"{d['eval_masked_tokens']} masked tokens)")
+EOF
+}
+echo
+echo "=== bertforge demo finished in $((SECONDS - t0)) s (this run)"
+echo "Fill-mask, pretrained model, held-out sentences (top 5 with probabilities):"
+cat "$out/fill_mask.txt"
+echo
+echo "Held-out MLM accuracy:  pretrained $(acc "$out/eval_trained.json")"
+echo "                        untrained  $(acc "$out/eval_untrained.json")"
+echo "Curves (loss, learning rate, throughput): $png"
+echo "Checkpoints: $out/checkpoints   dllogger log: $out/dllogger.json   console log: $out/demo.log"
+echo "All results: $out"
