@@ -164,3 +164,25 @@ def test_malicious_checkpoint_never_runs_code(world, cli, reference, tmp_path):
     cli.run("bertforge.convert", ["--from=bertforge", "--to=bertforge", "--trust_checkpoint",
                                   str(out / "ckpt_8.pt"), str(tmp_path / "x.pt")])
     assert marker.exists(), "the positive control: with --trust_checkpoint the pickle runs"
+
+
+def test_hf_import_prefers_safetensors_over_a_malicious_pickle(world, cli, reference, tmp_path):
+    """An HF directory with model.safetensors and a planted pytorch_model.bin: the import
+    reads the safetensors file and never unpickles the .bin; without safetensors the .bin
+    is refused by name."""
+    from bertforge.config import ModelConfig
+    from bertforge.model.bert import BertForPreTraining
+    from bertforge.model.convert import export_hf
+
+    hf = tmp_path / "hf"
+    model = BertForPreTraining(ModelConfig.from_json_file(world.config))
+    model.load_state_dict(torch.load(reference / "ckpt_4.pt", weights_only=True)["model"])
+    export_hf(model, hf, vocab_file=world.vocab)
+    marker = tmp_path / "code_ran"
+    torch.save({"bert.embeddings.word_embeddings.weight": _RunsCode(str(marker))}, hf / "pytorch_model.bin")
+    check(cli.run("bertforge.convert", ["--from=hf", "--to=bertforge", str(hf), str(tmp_path / "a.pt")]))
+    assert_same_weights(reference / "ckpt_4.pt", tmp_path / "a.pt")
+    (hf / "model.safetensors").unlink()
+    p = cli.run("bertforge.convert", ["--from=hf", "--to=bertforge", str(hf), str(tmp_path / "b.pt")])
+    assert_user_error(p, "pytorch_model.bin", "could run code; refused")
+    assert not marker.exists() and not (tmp_path / "b.pt").exists()

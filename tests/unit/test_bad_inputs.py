@@ -344,3 +344,9 @@ def test_forkrun_agrees_with_a_plain_subprocess(table):
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == results[cid]["code"] == 2
         assert error_line(p.stderr) == error_line(results[cid]["stderr"])
+
+
+def test_every_case_is_in_the_reliability_doc():
+    doc = (REPO / "docs/reliability.md").read_text(encoding="utf-8")
+    missing = [cid for cid in CASES if f"`{cid}`" not in doc]
+    assert not missing, f"add these rows to docs/reliability.md: {missing}"
