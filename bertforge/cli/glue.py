@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         for k in sorted(results):
             if k.startswith(("acc", "f1", "mcc", "pearson", "spearmanr", "corr", "eval:loss")):
                 print(f"{k} = {results[k]}", flush=True)
-    logger.flush()
+    logger.close()
     from bertforge.distributed import barrier, cleanup
 
     barrier()

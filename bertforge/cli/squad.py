@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
             finetune.save_finetuned(model, args.output_dir, args=vars(args))
     if args.do_predict and rt.is_main:
         results.update(_predict_and_eval(args, predict_examples, model, tokenizer, rt, logger))
-    logger.flush()
+    logger.close()
     from bertforge.distributed import barrier, cleanup
 
     barrier()
