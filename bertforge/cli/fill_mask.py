@@ -27,10 +27,21 @@ import torch
 
 from bertforge.errors import CheckpointError, ConfigError, DataError, cli_entry
 
-__all__ = ["Example", "pick_examples", "FillMask", "build_parser", "main"]
+__all__ = ["Example", "MaskPrediction", "pick_examples", "FillMask", "format_example", "build_parser",
+           "main"]
 
 MASK = "[MASK]"
 _WORD = re.compile(r"^([\"'(]*)([A-Za-z]{3,})([\"'),.;:!?]*)$")  # a word with outer punctuation
+
+
+@dataclass
+class MaskPrediction:
+    """The ``top`` (token, probability) pairs at one [MASK]; ``rank`` (1 = best) and
+    ``probability`` of the hidden word among all fillable tokens, when it is known."""
+
+    top: list[tuple[str, float]]
+    rank: int | None = None
+    probability: float | None = None
 
 
 @dataclass
@@ -100,6 +111,7 @@ class FillMask:
         if not Path(init_checkpoint).exists():
             raise ConfigError(f"--init_checkpoint {init_checkpoint}: no such file or directory")
         self.tokenizer = load_tokenizer(vocab_file, do_lower_case)
+        self.lower = do_lower_case
         config = ModelConfig.from_json_file(config_file) if config_file else None
         try:
             model, _ = load_pretrained(init_checkpoint, BertForMaskedLM, config=config,
@@ -128,9 +140,12 @@ class FillMask:
             raise DataError(f"--vocab_file {vocab_file} has no {MASK} token")
 
     @torch.no_grad()
-    def predict(self, texts: list[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
-        """For each text, for each [MASK] in it (left to right): ``top_k`` (token, probability).
+    def predict(self, texts: list[str], top_k: int = 5,
+                answers: list[str | None] | None = None) -> list[list[MaskPrediction]]:
+        """For each text, for each [MASK] in it (left to right), the ``top_k`` fills.
 
+        ``answers`` (one per text, or None) are hidden words: for a text with one [MASK] and
+        an answer that is one vocabulary token, its rank among all fillable tokens is given.
         One padded batch: input_ids [B, L] (L = the longest text + [CLS]/[SEP]),
         scores [B, L, V] from the MLM head, softmax over V at the mask positions.
         """
@@ -151,31 +166,38 @@ class FillMask:
         scores = self.model(ids, torch.zeros_like(ids), mask).float()  # [B, L, V]
         scores = scores.masked_fill(self.excluded.to(scores.device), float("-inf"))
         probs = scores.softmax(-1)
+        vocab = self.tokenizer.get_vocab()
         out = []
         for b in range(len(texts)):
+            positions = (ids[b] == self.mask_id).nonzero().flatten().tolist()
+            target = None
+            if answers is not None and answers[b] is not None and len(positions) == 1:
+                target = vocab.get(answers[b].lower() if self.lower else answers[b])
             per_mask = []
-            for pos in (ids[b] == self.mask_id).nonzero().flatten().tolist():
+            for pos in positions:
                 p, i = probs[b, pos].topk(top_k)
-                per_mask.append([(self.id_to_token[int(j)], float(q))
-                                 for q, j in zip(p.tolist(), i.tolist(), strict=True)])
+                pred = MaskPrediction([(self.id_to_token[int(j)], float(q))
+                                       for q, j in zip(p.tolist(), i.tolist(), strict=True)])
+                if target is not None:
+                    pt = probs[b, pos, target]
+                    pred.rank = 1 + int((probs[b, pos] > pt).sum())
+                    pred.probability = float(pt)
+                per_mask.append(pred)
             out.append(per_mask)
         return out
 
 
-def format_example(ex: Example, preds: list[list[tuple[str, float]]]) -> str:
+def format_example(ex: Example, preds: list[MaskPrediction], vocab_size: int | None = None) -> str:
     """Readable lines: the input, then one line of top predictions per [MASK]."""
     lines = [f"  input:  {ex.text}"]
-    if ex.answer is not None:
-        lines[0] += f"   (hidden word: {ex.answer})"
-    for k, cands in enumerate(preds):
+    for k, pred in enumerate(preds):
         tag = "  top:   " if len(preds) == 1 else f"  [MASK] {k + 1}:"
-        shown = "  ".join(f"{t} {p:.3g}" for t, p in cands)
-        hit = ""
-        if ex.answer is not None and len(preds) == 1:
-            words = [t for t, _ in cands]
-            a = ex.answer.lower() if ex.answer.lower() in words else ex.answer
-            hit = f"   <- rank {words.index(a) + 1}" if a in words else "   (not in the top list)"
-        lines.append(f"{tag} {shown}{hit}")
+        lines.append(f"{tag} " + "  ".join(f"{t} {p:.3g}" for t, p in pred.top))
+    if ex.answer is not None and len(preds) == 1:
+        r = preds[0].rank
+        of = f" of {vocab_size}" if vocab_size else ""
+        lines.append(f"  hidden: {ex.answer}" + (f"  (rank {r}{of}, probability {preds[0].probability:.3g})"
+                                                  if r is not None else ""))
     return "\n".join(lines)
 
 
@@ -234,13 +256,15 @@ def main(argv: list[str] | None = None) -> int:
                                  args.seed, lower=args.do_lower_case)
         if not examples:
             raise DataError(f"--from_text {path}: no sentence of 8-30 plain words to mask")
-    preds = fm.predict([e.text for e in examples], args.top_k)
+    preds = fm.predict([e.text for e in examples], args.top_k, [e.answer for e in examples])
+    fillable = int((~fm.excluded).sum())
     for ex, p in zip(examples, preds, strict=True):
-        print(format_example(ex, p), flush=True)
+        print(format_example(ex, p, fillable), flush=True)
     if args.output:
         atomic_write_json(args.output, [
             {"text": ex.text, "hidden_word": ex.answer,
-             "predictions": [[{"token": t, "probability": q} for t, q in cands] for cands in p]}
+             "hidden_word_rank": p[0].rank if len(p) == 1 else None,
+             "predictions": [[{"token": t, "probability": q} for t, q in m.top] for m in p]}
             for ex, p in zip(examples, preds, strict=True)])
     return 0
 

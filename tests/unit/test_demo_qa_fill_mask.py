@@ -100,18 +100,26 @@ def test_fill_mask_predictions(tiny_mlm):
     assert [len(p) for p in preds] == [1, 2]
     vocab = fm.tokenizer.get_vocab()
     for per_text in preds:
-        for cands in per_text:
+        for pred in per_text:
+            cands = pred.top
             probs = [q for _, q in cands]
             assert len(cands) == 4 and probs == sorted(probs, reverse=True) and sum(probs) <= 1
             # never a special token, never an id beyond the 40-token vocab (the model has 64 rows)
             assert all(t in vocab and t not in fill_mask.FillMask.EXCLUDED for t, _ in cands)
     # the same as scoring the full [B, L, V] output by hand
     ids = torch.tensor([fm.tokenizer.encode("The river flows into the [MASK].").ids])
-    scores = fm.model(ids, torch.zeros_like(ids), torch.ones_like(ids))[0]
+    with torch.no_grad():
+        scores = fm.model(ids, torch.zeros_like(ids), torch.ones_like(ids))[0]
     pos = int((ids[0] == vocab["[MASK]"]).nonzero())
     s = scores[pos, :40].clone()
     s[[vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")]] = float("-inf")
-    assert preds[0][0][0][0] == fm.id_to_token[int(s.argmax())]
+    assert preds[0][0].top[0][0] == fm.id_to_token[int(s.argmax())]
+    assert preds[0][0].rank is None  # no hidden word given
+    # the rank of a hidden word: 1 + the number of fillable tokens scored higher
+    ranked = fm.predict(["The river flows into the [MASK]."], top_k=1, answers=["Sea"])[0][0]
+    sea = s[vocab["sea"]]
+    assert ranked.rank == 1 + int((s > sea).sum())
+    assert ranked.probability == pytest.approx(float(s.softmax(-1)[vocab["sea"]]), rel=1e-5)
 
 
 def test_fill_mask_from_text_cli(tiny_mlm, tmp_path, capsys):
@@ -128,8 +136,8 @@ def test_fill_mask_from_text_cli(tiny_mlm, tmp_path, capsys):
     for r in res:  # the hidden word is one vocab token and sits where [MASK] is
         assert r["hidden_word"] in ("the", "river", "flows", "into", "sea", "and", "city", "is",
                                     "big", "old", "of")
-        assert len(r["predictions"][0]) == 3
-        assert f"(hidden word: {r['hidden_word']})" in printed
+        assert len(r["predictions"][0]) == 3 and 1 <= r["hidden_word_rank"] <= 36
+        assert f"hidden: {r['hidden_word']}  (rank {r['hidden_word_rank']} of 36," in printed
     assert fill_mask.main(argv) == 0 and json.loads(out.read_text()) == res  # deterministic
 
 
