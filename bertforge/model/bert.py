@@ -64,6 +64,9 @@ class _Packing:
     ``None`` fields mean the batch has no padding and tensors stay in [B, L, ...] layout.
     """
 
+    RUN_OVERHEAD = 128 * 128
+    """Cost of one extra attention run, in units of score-matrix elements (measured on CPU)."""
+
     def __init__(self, attention_mask: torch.Tensor | None, batch: int, length: int, unpad: bool):
         self.batch, self.length = batch, length
         self.indices: torch.Tensor | None = None
@@ -86,7 +89,12 @@ class _Packing:
                     runs[-1] = (runs[-1][0] + 1, n)
                 else:
                     runs.append((1, n))
-            self.runs = runs
+            # Varlen attention pays when the L x L work it saves outweighs the fixed cost of
+            # one more (smaller) batch of attention kernels per run; otherwise attention runs
+            # padded with a key mask (position-wise layers stay unpadded either way).
+            varlen_cost = sum(r * n * n for r, n in runs) + len(runs) * self.RUN_OVERHEAD
+            if varlen_cost < batch * length * length:
+                self.runs = runs
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, ...] -> [T, ...] (or [B*L, ...] when not unpadding)."""

@@ -212,8 +212,11 @@ def test_sequence_too_long_is_refused():
         m(torch.ones(1, 17, dtype=torch.long))
 
 
-def test_varlen_attention_runs_of_equal_lengths():
+def test_varlen_attention_runs_of_equal_lengths(monkeypatch):
     """Consecutive sequences of equal length are attended as one batch (a 'run')."""
+    from bertforge.model.bert import _Packing
+
+    monkeypatch.setattr(_Packing, "RUN_OVERHEAD", 0)  # force varlen on this small batch
     torch.manual_seed(9)
     ours = BertForQuestionAnswering(tiny_config()).eval()
     hf = hf_twin(ours, transformers.BertForQuestionAnswering)
@@ -222,11 +225,22 @@ def test_varlen_attention_runs_of_equal_lengths():
     mask = torch.zeros_like(ids)
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
-    from bertforge.model.bert import _Packing
-
     assert _Packing(mask, *ids.shape, unpad=True).runs == [(3, 20), (2, 7), (1, 24), (1, 3)]
     with torch.no_grad():
         s, e = ours(ids, attention_mask=mask)
         ref = hf(input_ids=ids, attention_mask=mask)
     assert max_diff(s, ref.start_logits, mask) <= TOL
     assert max_diff(e, ref.end_logits, mask) <= TOL
+
+
+def test_varlen_only_where_it_pays():
+    from bertforge.model.bert import _Packing
+
+    mask = torch.ones(16, 128, dtype=torch.long)
+    mask[::3, 100:] = 0  # phase-1-like: most sequences full, many short runs
+    assert _Packing(mask, 16, 128, unpad=True).runs is None
+    assert _Packing(mask, 16, 128, unpad=True).indices is not None  # still unpadded elsewhere
+    mask = torch.ones(4, 512, dtype=torch.long)
+    mask[0, 160:] = 0
+    mask[1, 400:] = 0  # phase-2-like: long padding
+    assert _Packing(mask, 4, 512, unpad=True).runs == [(1, 160), (1, 400), (2, 512)]
