@@ -56,7 +56,7 @@ def _results_dir(tmp_path: Path, smoke_data: Path) -> Path:
 def test_demo_smoke_outputs(tmp_path, smoke_data):
     out = _results_dir(tmp_path, smoke_data)
     t0 = time.perf_counter()
-    r = _run(out)
+    r = _run(out, DEMO_PROCS="1")  # plain python; the Ctrl-C test below runs torchrun (2)
     elapsed = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
     text = r.stdout
@@ -101,6 +101,7 @@ def test_demo_smoke_outputs(tmp_path, smoke_data):
     for ex in fm:
         assert ex["text"].count("[MASK]") == 1 and ex["hidden_word"]
         assert len(ex["predictions"]) == 1 and len(ex["predictions"][0]) == 5
+        assert ex["hidden_word_rank"] >= 1
         probs = [p["probability"] for p in ex["predictions"][0]]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
     assert (out / "fill_mask.txt").read_text() in text
@@ -122,7 +123,7 @@ def test_demo_smoke_outputs(tmp_path, smoke_data):
     print(f"smoke demo: {elapsed:.0f} s")
 
     # a second run finds everything done and only prints the summary
-    r2 = _run(out, timeout=120)
+    r2 = _run(out, timeout=120, DEMO_PROCS="1")
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert r2.stdout.count("done before:") == 5  # pretraining, 2 evaluations, fill-mask, plot
     assert "run_pretraining.py" not in r2.stdout  # no training or evaluation was started
@@ -135,7 +136,8 @@ def test_demo_ctrl_c_then_rerun_resumes(tmp_path, smoke_data):
     steps = 12
     # Ctrl-C = SIGINT to the whole foreground process group: bash, tee, python.
     proc = subprocess.Popen(["bash", str(REPO / "scripts/demo.sh"), str(out)], cwd=REPO,
-                            env=_env(DEMO_SMOKE_STEPS=str(steps), DEMO_SMOKE_CKPT_EVERY="2"),
+                            env=_env(DEMO_SMOKE_STEPS=str(steps), DEMO_SMOKE_CKPT_EVERY="2",
+                                     DEMO_PROCS="2"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -156,7 +158,7 @@ def test_demo_ctrl_c_then_rerun_resumes(tmp_path, smoke_data):
     resumed_from = done[-1]
     assert not (out / "eval_trained.json").exists()
 
-    r = _run(out, DEMO_SMOKE_STEPS=str(steps), DEMO_SMOKE_CKPT_EVERY="2")
+    r = _run(out, DEMO_SMOKE_STEPS=str(steps), DEMO_SMOKE_CKPT_EVERY="2", DEMO_PROCS="2")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
     # data was not redone; phase 1 continued from the latest checkpoint, not from step 0
     assert r.stdout.count("skipping:") == 5
