@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,9 +44,9 @@ from bertforge.model.bert import (  # noqa: E402
 
 CASES = {
     # name: (config, seq, predictions, batch, source)
-    "base-p1": ("base", 128, 20, 32, "synthetic"),
-    "base-p1r": ("base", 128, 20, 32, "hdf5"),
-    "base-p2": ("base", 512, 80, 8, "parquet"),
+    "base-p1": ("base", 128, 20, 16, "synthetic"),
+    "base-p1r": ("base", 128, 20, 16, "hdf5"),
+    "base-p2": ("base", 512, 80, 4, "parquet"),
     "small-p1": ("small", 128, 20, 32, "synthetic"),
 }
 
@@ -142,7 +141,7 @@ class HF:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(out.loss)
+        return float(out.loss.detach())
 
 
 def flops_per_step(cfg: ModelConfig, batch: dict) -> float:
@@ -222,7 +221,10 @@ def child_memory(case: str, side: str, steps: int, data: str | None) -> None:
     del init
     for _ in range(steps):
         s.step(batches[0])
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of this large
+    # process would report the parent's peak.
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mb": hwm / 1024}))
 
 
 def peak_memory(case: str, args) -> dict:
@@ -345,7 +347,7 @@ def markdown(results: dict) -> str:
         lines.append(f"- {r['case']}: useful model FLOPs per step {r['flops_per_step'] / 1e12:.3f} TFLOP, "
                      f"bertforge utilization {100 * util:.1f}% of the matmul rate.")
     if results.get("memory"):
-        lines += ["", "Peak RSS (separate child processes, a few steps each):", ""]
+        lines += ["", "Peak RSS (separate child processes, one full training step each, optimizer state included):", ""]
         for case, m in results["memory"].items():
             lines.append(f"- {case}: bertforge {m['ours']:.0f} MB, transformers {m['hf']:.0f} MB "
                          f"(ratio {m['ours'] / m['hf']:.2f}).")
@@ -398,7 +400,7 @@ def main(argv=None) -> None:
     p.add_argument("--memory-child", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
-        child_memory(*args.memory_child, steps=2, data=args.data)
+        child_memory(*args.memory_child, steps=1, data=args.data)
         return
     cases = [c for c in args.cases.split(",") if c]
     for c in cases:
