@@ -14,8 +14,9 @@
 #
 # Usage: bash scripts/demo.sh [OUT_DIR]
 # Environment: PYTHON (default .venv/bin/python or python3);
-#   DEMO_PRESET  full (default: ~8 min on 2 cores) | smoke (a few steps of a tiny model, for tests)
-#   DEMO_STOP_AFTER=data  stop after step 1 (scripts/demo_qa.sh only needs the text)
+#   DEMO_PRESET  full (default: 6-10 min on 2 cores) | smoke (a few steps, for tests)
+#   DEMO_STOP_AFTER  data | pretrain: stop after step 1 (scripts/demo_qa.sh needs only the
+#                    text) or step 2
 #   DEMO_PROCS   training/evaluation processes [2]; the batch sizes are per process
 # Scaling up is a matter of arguments to the same scripts: see docs/pretraining.md.
 # shellcheck source-path=SCRIPTDIR
@@ -61,9 +62,19 @@ vocab="$data/vocab.txt"
 final_ckpt="$out/checkpoints/ckpt_$((p1_steps + p2_steps)).pt"
 
 # The console output is also kept in $out/demo.log (appended to on every run).
-exec > >(tee -a "$out/demo.log") 2>&1
+exec > >(tee -i -a "$out/demo.log") 2>&1  # -i: Ctrl-C must not kill the log
 t0=$SECONDS
-stage() { echo; echo "=== [$1/5] $2   (demo time $((SECONDS - t0)) s)"; }
+on_exit() {  # Ctrl-C or a failure: say how to continue (children print their own messages)
+    local rc=$? latest
+    (( rc != 0 )) || return 0
+    latest=$(find "$out/checkpoints" -maxdepth 1 -name 'ckpt_*.pt' 2>/dev/null | sort -V | tail -n 1)
+    echo
+    echo "demo stopped (status $rc) after $((SECONDS - t0)) s. Run it again to continue: finished steps are kept"
+    [[ -z $latest ]] || echo "and pretraining resumes from $latest."
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+stage() { echo; echo "=== [$1/5] ${*:2}   (demo time $((SECONDS - t0)) s)"; }
 skip() { echo "    done before: $1 exists (delete it to redo this step)"; }
 
 demo_pretrain_args() {  # the 32 positional arguments of scripts/run_pretraining.sh
@@ -92,7 +103,7 @@ SKIP_EXISTING=1 VOCAB_SIZE=$vocab_size DUPE_FACTOR=$dupe_factor NUM_TEXT_SHARDS=
 if [[ "${DEMO_STOP_AFTER:-}" == data ]]; then echo "data ready: $data"; exit 0; fi
 
 # 2. pretraining --------------------------------------------------------------------------------
-stage 2 "two-phase LAMB pretraining of a small BERT ($bert_config) on $procs processes:" \
+stage 2 "two-phase LAMB pretraining of a small BERT ($(basename "$bert_config")) on $procs processes:" \
         "$p1_steps steps x $((p1_batch * procs)) sequences of 128, then $p2_steps x $((p2_batch * procs)) of <= $phase2_seq"
 if [[ -f "$final_ckpt" ]]; then
     skip "$final_ckpt"
@@ -101,6 +112,8 @@ else
     RESULTS_DIR="$out" EXTRA_ARGS="--log_freq=$log_every" \
         bash "$here/run_pretraining.sh" $(demo_pretrain_args)
 fi
+
+if [[ "${DEMO_STOP_AFTER:-}" == pretrain ]]; then echo "pretrained: $final_ckpt"; exit 0; fi
 
 # 3. held-out MLM accuracy: the pretrained model and the same model untrained ---------------------
 stage 3 "held-out MLM accuracy ($((eval_batches * procs)) batches of $eval_batch held-out sequences)"
@@ -138,7 +151,7 @@ if [[ -f "$png" ]]; then
     skip "$png"
 else
     "$PYTHON" -m bertforge.plot "$out/dllogger.json" -o "$png" \
-        --title "bertforge demo: $(basename "$bert_config" .json) BERT on the Wikipedia sample"
+        --title "bertforge demo: BERT $(basename "$bert_config") pretrained on the Wikipedia sample"
 fi
 
 # summary ---------------------------------------------------------------------------------------
@@ -149,7 +162,9 @@ from bertforge.plot import read_records
 final = [r["data"] for r in read_records(sys.argv[1])[0]
          if r.get("type") == "LOG" and r.get("step") == [] and "eval_mlm_accuracy" in r.get("data", {})]
 d = final[-1]
-print(f"{100 * d['eval_mlm_accuracy']:.1f}% (MLM loss {d['eval_mlm_loss']:.2f}, "
+a = 100 * d["eval_mlm_accuracy"]
+print(f"{a:.1f}%" if a >= 1 else f"{a:.2g}%", end=" ")
+print(f"(MLM loss {d['eval_mlm_loss']:.2f}, "
       f"{d['eval_masked_tokens']} masked tokens)")
 EOF
 }
