@@ -65,7 +65,7 @@ def test_hdf5_format(corpus, tmp_path):
                 "segment_ids": ("int8", (64,)), "masked_lm_positions": ("int32", (10,)),
                 "masked_lm_ids": ("int32", (10,)), "next_sentence_labels": ("int8", ())}.items():
                 assert f[k].dtype == np.dtype(dt) and f[k].shape[1:] == shape, k
-                assert f[k].compression == "gzip"
+                assert f[k].compression == "gzip" and f[k].shuffle, k
         for i in range(len(a["input_ids"])):
             ids, mask, seg = a["input_ids"][i], a["input_mask"][i], a["segment_ids"][i]
             pos, mids = a["masked_lm_positions"][i], a["masked_lm_ids"][i]
