@@ -8,13 +8,19 @@ Dimension legend used in shape comments:
     I intermediate (feed-forward) size, V (padded) vocabulary size, T real (non-padding)
     tokens in the batch, M masked positions in the batch, P masked positions per sequence.
 
-Two fast paths, both exact up to float reassociation (parity tests in tests/unit):
+Fast paths, all exact up to float reassociation (parity tests in tests/unit):
 * Unpadding: when the batch holds padding, every position-wise layer (embeddings, projections,
   feed-forward, LayerNorm) runs on the T real tokens only; only attention sees the padded
   [B, nh, L, hd] layout. Outputs at padding positions are zeros instead of the meaningless
   values a padded computation produces.
 * Masked-only MLM head (NVIDIA's dense_sequence_output): with labels or positions the
   768 x V decoder runs on the M masked tokens only.
+* Masked-only last layer: with labels or positions, the last encoder layer computes keys and
+  values for every token but queries, output projection and feed-forward only at [CLS] and the
+  masked positions, the only outputs the heads read.
+* Tied word-embedding gradient returned sparse, so the decoder's dense [V, H] gradient absorbs
+  it in place (no zero-filled [V, H] tensor and full add per backward).
+* Softmax scale folded into the fused QKV weight; dropout fused with the residual add.
 
 This module imports only torch (and, through dropout.py, numpy).
 """
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bertforge.model.dropout import FastDropout, fast_dropout
+from bertforge.model.dropout import FastDropout, dropout_add, fast_dropout
 
 __all__ = [
     "BertModel",
@@ -66,6 +72,10 @@ class _Packing:
 
     RUN_OVERHEAD = 128 * 128
     """Cost of one extra attention run, in units of score-matrix elements (measured on CPU)."""
+    PAD_OVERHEAD = 64
+    """Cost per padded-layout position of padded attention's scatter into [B, L, 3H] and
+    gather back (forward and backward), same units. On real phase-1 batches (16 x 128, ~108
+    real tokens each, 9-11 runs) this picks varlen, which measured 7 % faster per step."""
 
     def __init__(self, attention_mask: torch.Tensor | None, batch: int, length: int, unpad: bool):
         self.batch, self.length = batch, length
@@ -93,7 +103,8 @@ class _Packing:
             # one more (smaller) batch of attention kernels per run; otherwise attention runs
             # padded with a key mask (position-wise layers stay unpadded either way).
             varlen_cost = sum(r * n * n for r, n in runs) + len(runs) * self.RUN_OVERHEAD
-            if varlen_cost < batch * length * length:
+            padded_cost = batch * length * (length + self.PAD_OVERHEAD)
+            if varlen_cost < padded_cost:
                 self.runs = runs
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,13 +137,18 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = FastDropout(config.hidden_dropout_prob)
+        self.sparse_word_grad = False
+        """Return the word-embedding gradient as a sparse [V, H] tensor (set by models whose MLM
+        decoder shares the weight: the decoder's dense gradient absorbs it in place, instead of
+        a zero-filled [V, H] tensor plus a full [V, H] add per backward)."""
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, packing: _Packing) -> torch.Tensor:
         """input_ids, token_type_ids [B, L] -> packed embeddings [T, H]."""
         B, L = input_ids.shape
         position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
         ids = packing.pack(input_ids)  # [T]
-        x = (self.word_embeddings(ids)
+        we = self.word_embeddings
+        x = (F.embedding(ids, we.weight, we.padding_idx, sparse=self.sparse_word_grad and self.training)
              + self.position_embeddings(packing.pack(position_ids))
              + self.token_type_embeddings(packing.pack(token_type_ids)))  # [T, H]
         return self.dropout(self.LayerNorm(x))
@@ -140,7 +156,9 @@ class BertEmbeddings(nn.Module):
 
 class BertSelfAttention(nn.Module):
     """Multi-head attention; Q, K and V are computed by one fused GEMM (the three weights
-    are concatenated on the fly, so the parameters keep HF's separate names)."""
+    are concatenated on the fly, so the parameters keep HF's separate names). The softmax scale
+    1/sqrt(hd) is folded into the query rows of that concatenated weight: an [H, H] multiply
+    instead of one over every [n, n] score matrix, forward and backward."""
 
     def __init__(self, config):
         super().__init__()
@@ -155,8 +173,7 @@ class BertSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
         """x [T, H] -> context [T, H]."""
         nh, hd = self.num_attention_heads, self.attention_head_size
-        w = torch.cat([self.query.weight, self.key.weight, self.value.weight], 0)  # [3H, H]
-        b = torch.cat([self.query.bias, self.key.bias, self.value.bias], 0)  # [3H]
+        w, b = self._qkv_weight()
         qkv = F.linear(x, w, b)  # [T, 3H]
         if packing.runs is not None:
             # Unpadded: attention per run of equal-length sequences, on real tokens only, so
@@ -174,18 +191,39 @@ class BertSelfAttention(nn.Module):
         ctx = self._attend(q, k, v, packing.key_mask)  # [B, nh, L, hd]
         return packing.pack(ctx.transpose(1, 2).reshape(B, L, nh * hd))  # [T, H]
 
+    def _qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused [3H, H] weight and [3H] bias, query rows pre-multiplied by 1/sqrt(hd)."""
+        s = 1.0 / math.sqrt(self.attention_head_size)
+        w = torch.cat([self.query.weight * s, self.key.weight, self.value.weight], 0)  # [3H, H]
+        b = torch.cat([self.query.bias * s, self.key.bias, self.value.bias], 0)  # [3H]
+        return w, b
+
+    def forward_rows(self, x: torch.Tensor, xs: torch.Tensor, packing: _Packing, S: int) -> torch.Tensor:
+        """Attention for selected query rows only: x [T, H] all tokens (keys and values),
+        xs [B * S, H] the S selected tokens of each sequence (queries) -> context [B * S, H]."""
+        nh, hd, H = self.num_attention_heads, self.attention_head_size, x.shape[1]
+        w, b = self._qkv_weight()
+        q = F.linear(xs, w[:H], b[:H])  # [B*S, H]
+        kv = packing.unpack(F.linear(x, w[H:], b[H:]))  # [B, L, 2H], zeros at padding
+        B, L = kv.shape[:2]
+        k, v = kv.view(B, L, 2, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, nh, L, hd]
+        q = q.view(B, S, nh, hd).transpose(1, 2)  # [B, nh, S, hd]
+        ctx = self._attend(q, k, v, packing.key_mask)  # [B, nh, S, hd]
+        return ctx.transpose(1, 2).reshape(B * S, nh * hd)
+
     def _attend(self, q, k, v, key_mask):
-        """Scaled dot-product attention. q, k, v [..., n, hd]; key_mask [..., 1, n] bool or None."""
+        """Dot-product attention of pre-scaled queries. q [..., m, hd], k, v [..., n, hd];
+        key_mask [..., 1, n] bool or None."""
         p = self.dropout_prob if self.training else 0.0
         if p > 0.0 and q.device.type == "cpu":
             # Explicit attention so the probabilities get the fast CPU dropout mask
             # (SDPA's internal dropout draws from the slow scalar generator).
-            scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # [..., n, n]
+            scores = torch.matmul(q, k.transpose(-1, -2))  # [..., m, n]
             if key_mask is not None:
                 scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
             probs = fast_dropout(torch.softmax(scores, dim=-1), p, True)
             return torch.matmul(probs, v)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p, scale=1.0)
 
 
 class BertSelfOutput(nn.Module):
@@ -196,7 +234,7 @@ class BertSelfOutput(nn.Module):
         self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+        return self.LayerNorm(dropout_add(self.dense(hidden), residual, self.dropout.p, self.training))
 
 
 class BertAttention(nn.Module):
@@ -207,6 +245,9 @@ class BertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
         return self.output(self.self(x, packing), x)
+
+    def forward_rows(self, x: torch.Tensor, xs: torch.Tensor, packing: _Packing, S: int) -> torch.Tensor:
+        return self.output(self.self.forward_rows(x, xs, packing, S), xs)
 
 
 class BertIntermediate(nn.Module):
@@ -227,7 +268,7 @@ class BertOutput(nn.Module):
         self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+        return self.LayerNorm(dropout_add(self.dense(hidden), residual, self.dropout.p, self.training))
 
 
 class BertLayer(nn.Module):
@@ -241,6 +282,12 @@ class BertLayer(nn.Module):
         a = self.attention(x, packing)  # [T, H]
         return self.output(self.intermediate(a), a)
 
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, packing: _Packing, S: int) -> torch.Tensor:
+        """The layer's output at the packed rows ``rows`` [B * S] only (S per sequence); keys and
+        values still come from every token of x [T, H]. -> [B * S, H]"""
+        a = self.attention.forward_rows(x, x.index_select(0, rows), packing, S)  # [B*S, H]
+        return self.output(self.intermediate(a), a)
+
 
 class BertEncoder(nn.Module):
     def __init__(self, config):
@@ -249,12 +296,17 @@ class BertEncoder(nn.Module):
         self.gradient_checkpointing = False
         """Recompute each layer's activations in backward (NVIDIA's --checkpoint_activations)."""
 
-    def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, packing, use_reentrant=False)
-            else:
-                x = layer(x, packing)
+    def forward(self, x: torch.Tensor, packing: _Packing, last_rows: torch.Tensor | None = None,
+                S: int = 0) -> torch.Tensor:
+        """x [T, H] -> [T, H]; with ``last_rows`` [B * S] the last layer runs for those packed
+        rows only and the result is [B * S, H]."""
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layer):
+            if last_rows is not None and i == len(self.layer) - 1:
+                if ckpt:
+                    return checkpoint(layer.forward_rows, x, last_rows, packing, S, use_reentrant=False)
+                return layer.forward_rows(x, last_rows, packing, S)
+            x = checkpoint(layer, x, packing, use_reentrant=False) if ckpt else layer(x, packing)
         return x
 
 
@@ -298,6 +350,9 @@ class BertPreTrainedModel(nn.Module):
         head = getattr(self, "cls", None)
         if head is not None and hasattr(self, "bert"):
             head.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+            # Every forward of a model with this head uses the decoder, whose dense gradient
+            # then absorbs the embedding's sparse one in place.
+            self.bert.embeddings.sparse_word_grad = True
 
     def set_unpad(self, enabled: bool) -> None:
         """Toggle the unpadded fast path (on by default)."""
@@ -317,8 +372,13 @@ class BertModel(BertPreTrainedModel):
         if type(self) is BertModel:
             self.init_weights()
 
-    def encode(self, input_ids, token_type_ids=None, attention_mask=None):
-        """Run embeddings and encoder; returns (packed hidden [T, H], packing)."""
+    def encode(self, input_ids, token_type_ids=None, attention_mask=None, select=None):
+        """Run embeddings and encoder; returns (packed hidden [T, H], packing).
+
+        ``select`` [B, S] (positions within each sequence): the last layer is computed at those
+        positions only and hidden is [B * S, H] in that order (exact: a layer's output at a
+        position depends on all positions only through its keys and values).
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         B, L = input_ids.shape
@@ -329,7 +389,10 @@ class BertModel(BertPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         packing = _Packing(attention_mask, B, L, self.unpad)
         x = self.embeddings(input_ids, token_type_ids, packing)
-        return self.encoder(x, packing), packing
+        if select is None:
+            return self.encoder(x, packing), packing
+        flat = (select.long() + torch.arange(B, device=select.device)[:, None] * L).flatten()  # [B*S]
+        return self.encoder(x, packing, packing.rows_of(flat), select.shape[1]), packing
 
     def pool(self, hidden: torch.Tensor, packing: _Packing) -> torch.Tensor | None:
         if self.pooler is None:
@@ -385,6 +448,19 @@ class BertPreTrainingHeads(nn.Module):
         return self.predictions(sequence_output), self.seq_relationship(pooled_output)
 
 
+def _masked_positions(masked_lm_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """labels [B, L] -> (positions [B, P], valid [B, P]): each sequence's masked positions in
+    increasing order, padded with 0 ([CLS]) up to the batch's largest count P."""
+    sel = (masked_lm_labels != IGNORE_INDEX) & (masked_lm_labels != -100)  # [B, L]
+    counts = sel.sum(1)  # [B]
+    P = int(counts.max()) if sel.numel() else 0
+    L = sel.shape[1]
+    ar = torch.arange(L, device=sel.device)
+    positions = torch.where(sel, ar, ar + L).argsort(dim=1)[:, :P]  # masked ones first, in order
+    valid = torch.arange(P, device=sel.device)[None, :] < counts[:, None]
+    return positions.masked_fill(~valid, 0), valid
+
+
 def _masked_rows(masked_lm_labels: torch.Tensor) -> torch.Tensor:
     """Flat positions (b * L + l) whose label is not ignored, row-major. labels [B, L] -> [M]."""
     labels = masked_lm_labels.flatten()
@@ -406,13 +482,32 @@ class BertForPreTraining(BertPreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
+        self.masked_last_layer = True
+        """With labels or positions, compute the last encoder layer only where the heads read
+        it ([CLS] and the masked tokens): its queries, output projection and feed-forward skip
+        the other positions (~2/3 of a layer's work at 15 % masking). Exact."""
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 masked_lm_labels=None, masked_lm_positions=None):
+        B, L = input_ids.shape
+        if self.masked_last_layer and (masked_lm_labels is not None or masked_lm_positions is not None):
+            if masked_lm_labels is not None:
+                positions, valid = _masked_positions(masked_lm_labels)  # [B, P]
+            else:
+                positions, valid = masked_lm_positions.long(), None
+            P = positions.shape[1]
+            select = torch.cat([positions.new_zeros(B, 1), positions], 1)  # [B, 1 + P]: [CLS] first
+            hidden, _ = self.bert.encode(input_ids, token_type_ids, attention_mask, select=select)
+            hidden = hidden.view(B, 1 + P, -1)
+            pooled = self.bert.pooler(hidden[:, 0])  # [B, H]
+            if valid is not None:
+                scores = self.cls.predictions(hidden[:, 1:][valid])  # [M, V], row-major order
+            else:
+                scores = self.cls.predictions(hidden[:, 1:].reshape(B * P, -1)).view(B, P, -1)
+            return scores, self.cls.seq_relationship(pooled)
         hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)  # [T, H]
         pooled = self.bert.pool(hidden, packing)  # [B, H]
-        B, L = input_ids.shape
         if masked_lm_labels is not None:
             rows = packing.rows_of(_masked_rows(masked_lm_labels))
             scores = self.cls.predictions(hidden.index_select(0, rows))  # [M, V]

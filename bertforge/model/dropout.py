@@ -7,8 +7,10 @@ seconds, a large share of a CPU step. Here the mask comes from numpy's SFC64 gen
 ``torch.manual_seed`` and saved/restored torch RNG states reproduce masks exactly (resume stays
 bit-exact). The keep threshold has 16-bit resolution: an element is dropped with probability
 ``round(p * 65536) / 65536`` (|error| <= 7.6e-6) and kept ones are scaled by the exact inverse of
-the keep probability, so the expectation is preserved exactly. CUDA tensors use PyTorch's
-(fast, Philox-based) dropout.
+the keep probability, so the expectation is preserved exactly. The mask is saved for backward
+already scaled, in the activation's dtype (0 or 1 / P(keep)), so forward and backward are one
+multiply each; ``dropout_add`` also folds the residual add of BERT's output blocks into that pass.
+CUDA tensors use PyTorch's (fast, Philox-based) dropout.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FastDropout", "fast_dropout", "dropout_mask"]
+__all__ = ["FastDropout", "fast_dropout", "dropout_add", "dropout_mask"]
 
 _RES = 65536
 
@@ -38,24 +40,40 @@ def dropout_mask(shape: tuple[int, ...], p: float) -> tuple[torch.Tensor, float]
     return keep, _RES / (_RES - threshold)
 
 
-def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    # uint8 -> float is a fast vectorised cast (bool -> float and bool masks are not, on CPU)
-    return x * keep.to(x.dtype).mul_(scale)
+def _scaled_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
+    """keep * (1 / P(keep)) as a ``dtype`` tensor: the one factor forward and backward multiply by."""
+    keep, scale = dropout_mask(shape, p)
+    if dtype == torch.float32:
+        return torch.mul(keep, scale)  # uint8 x Python float -> float32 in one pass
+    return keep.to(dtype).mul_(scale)
 
 
 class _MaskedScale(torch.autograd.Function):
-    """y = x * keep * scale, storing only the 1-byte mask for backward (as native dropout)."""
+    """y = x * mask; backward multiplies by the same saved mask (one pass each way)."""
 
     @staticmethod
-    def forward(ctx, x, keep, scale):
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return _apply(x, keep, scale)
+    def forward(ctx, x, mask):
+        ctx.save_for_backward(mask)
+        return x * mask
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return _apply(grad, keep, ctx.scale), None, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+class _MaskedScaleAdd(torch.autograd.Function):
+    """y = residual + x * mask in one pass (dropout fused with the residual add)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, mask):
+        ctx.save_for_backward(mask)
+        return torch.addcmul(residual, x, mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, grad, None
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -64,8 +82,16 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    keep, scale = dropout_mask(tuple(x.shape), p)
-    return _MaskedScale.apply(x, keep, scale)
+    return _MaskedScale.apply(x, _scaled_mask(tuple(x.shape), p, x.dtype))
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``residual + F.dropout(x, p, training)``; on CPU one fused pass with the fast mask."""
+    if not training or p == 0.0:
+        return x + residual
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True) + residual
+    return _MaskedScaleAdd.apply(x, residual, _scaled_mask(tuple(x.shape), p, x.dtype))
 
 
 class FastDropout(nn.Dropout):

@@ -103,12 +103,13 @@ class LAMB(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None and p.grad.is_sparse:  # e.g. a tied embedding's lookup
+                    p.grad = p.grad.to_dense()
         all_grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not all_grads:
             return loss
-        for g in all_grads:
-            if g.is_sparse:
-                raise RuntimeError("LAMB does not support sparse gradients")
 
         # 1. Global clipping divisor max(n / max_norm, 1), a 0-dim tensor: no host sync.
         clip_div = None

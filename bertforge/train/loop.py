@@ -133,6 +133,11 @@ class TrainStep:
                 self.precision.scale(loss.float() / n).backward()
             total = loss.detach().float() if total is None else total + loss.detach().float()
         mean_loss = total / n
+        for p in self._params:
+            # A tied word embedding returns a sparse gradient that the MLM decoder's dense one
+            # absorbs; it stays sparse only if a loss left the decoder out.
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
 
         scaler = self.precision.scaler
         if scaler is not None:

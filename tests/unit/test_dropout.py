@@ -49,3 +49,22 @@ def test_training_forward_is_reproducible_and_uses_dropout():
     assert torch.equal(a, b) and not torch.equal(a, c)
     m.eval()
     assert torch.equal(m(ids)[0], m(ids)[0])
+
+
+def test_dropout_add_is_residual_plus_dropout_with_same_mask():
+    from bertforge.model.dropout import dropout_add
+
+    x = torch.randn(300, 70, requires_grad=True)
+    r = torch.randn(300, 70, requires_grad=True)
+    torch.manual_seed(5)
+    y = dropout_add(x, r, 0.1, True)
+    torch.manual_seed(5)
+    ref = r + fast_dropout(x, 0.1, True)  # same seed -> same mask
+    assert torch.allclose(y, ref, atol=1e-6)
+    assert 0.08 < ((y - r).detach() == 0).float().mean().item() < 0.12
+    g = torch.randn(300, 70)
+    y.backward(g)
+    assert torch.equal(r.grad, g)
+    assert torch.allclose(x.grad, g * ((ref - r) / x).detach().nan_to_num(), atol=1e-4)
+    # eval / p=0: a plain add
+    assert torch.equal(dropout_add(x, r, 0.1, False), x + r)

@@ -244,3 +244,62 @@ def test_varlen_only_where_it_pays():
     mask[0, 160:] = 0
     mask[1, 400:] = 0  # phase-2-like: long padding
     assert _Packing(mask, 4, 512, unpad=True).runs == [(1, 160), (1, 400), (2, 512)]
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_masked_last_layer_and_sparse_embedding_grad_match_full_computation(batch, unpad, checkpointing):
+    """The last layer at [CLS] + masked positions only, and the sparse word-embedding gradient,
+    give the loss and gradients of the full computation (labels and positions inputs)."""
+    ids, tt, mask = batch
+    torch.manual_seed(10)
+    cfg = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    fast, plain = BertForPreTraining(cfg), BertForPreTraining(cfg)
+    plain.load_state_dict(fast.state_dict())
+    plain.masked_last_layer = False
+    plain.bert.embeddings.sparse_word_grad = False
+    assert fast.masked_last_layer and fast.bert.embeddings.sparse_word_grad
+    for m in (fast, plain):
+        m.set_unpad(unpad)
+        m.bert.encoder.gradient_checkpointing = checkpointing
+    labels = torch.full_like(ids, -1)
+    labels[0, [1, 4, 7]] = ids[0, [1, 4, 7]]
+    labels[2, [2, 3]] = ids[2, [2, 3]]
+    labels[3, 20] = 5  # row 1 has no masked token
+    positions = torch.tensor([[1, 4, 7], [0, 0, 0], [2, 3, 0], [20, 0, 0]])
+    pos_labels = torch.tensor([[ids[0, 1], ids[0, 4], ids[0, 7]], [-1, -1, -1],
+                               [ids[2, 2], ids[2, 3], -1], [5, -1, -1]])
+    nsl = torch.tensor([0, 1, 1, 0])
+    for kw, lab in (({"masked_lm_labels": labels}, labels), ({"masked_lm_positions": positions}, pos_labels)):
+        grads, losses = [], []
+        for m in (fast, plain):
+            m.zero_grad(set_to_none=True)
+            s, n = m(ids, tt, mask, **kw)
+            loss = pretraining_loss(s, n, lab, nsl)[0]
+            loss.backward()
+            losses.append(loss.item())
+            grads.append({k: p.grad for k, p in m.named_parameters()})
+        assert abs(losses[0] - losses[1]) <= 1e-6
+        word = "bert.embeddings.word_embeddings.weight"
+        assert not grads[0][word].is_sparse  # the decoder's dense gradient absorbed it
+        for k, g in grads[1].items():
+            assert torch.allclose(grads[0][k], g, atol=1e-6), (k, kw.keys())
+
+
+def test_sparse_embedding_gradient_without_decoder_is_made_dense_for_the_optimizer():
+    """A loss that leaves the MLM decoder out leaves a sparse embedding gradient; LAMB and the
+    training step turn it dense instead of failing."""
+    from bertforge.optim.lamb import LAMB
+
+    torch.manual_seed(11)
+    m = BertForPreTraining(tiny_config())
+    ids = torch.randint(1, 101, (2, 12))
+    _, nsp = m(ids)
+    nsp.sum().backward()
+    w = m.bert.embeddings.word_embeddings.weight
+    assert w.grad.is_sparse
+    dense = w.grad.to_dense()
+    before = w.detach().clone()
+    LAMB(m.parameters(), lr=1e-3, max_grad_norm=0.0).step()  # no clipping: grads untouched
+    assert not w.grad.is_sparse and torch.equal(w.grad, dense)
+    assert not torch.equal(w.detach(), before)
