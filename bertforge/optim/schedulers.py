@@ -32,7 +32,7 @@ def warmup_linear(progress: float, warmup: float) -> float:
     """NVIDIA's ``warmup_linear``: linear warmup, then linear decay to 0 at ``progress = 1``."""
     if progress < warmup:
         return progress / warmup
-    return max((progress - 1.0) / (warmup - 1.0), 0.0)
+    return max((1.0 - progress) / (1.0 - warmup), 0.0)  # +0.0 at the end (no "-0.0" in logs)
 
 
 def warmup_constant(progress: float, warmup: float) -> float:

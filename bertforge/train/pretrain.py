@@ -160,12 +160,32 @@ class PretrainingLoss:
 
 
 # -- data ----------------------------------------------------------------------------------
+def _check_vocab_of_shards(input_dir: str, vocab_file: str | None) -> None:
+    """Shards made by bertforge record their vocab's digest; a different --vocab_file would
+    mask with the wrong [MASK]/random ids (dynamic masking) or mislabel the vocab, silently."""
+    import json
+
+    from bertforge.data.create import _vocab_digest
+
+    meta_file = Path(input_dir) / ".bertforge_data.json"
+    if vocab_file is None or not meta_file.is_file():
+        return  # NVIDIA's/LDDL's shards carry no digest
+    try:
+        recorded = json.loads(meta_file.read_text()).get("vocab_digest")
+    except (OSError, ValueError, AttributeError):
+        return
+    if recorded and recorded != _vocab_digest(vocab_file):
+        raise DataError(f"--vocab_file {vocab_file} is not the vocab the shards in {input_dir} "
+                        f"were made with (digest {recorded} in {meta_file})")
+
+
 def _make_loader(input_dir: str, args, batch_size: int, info: DistInfo, seed: int):
     from bertforge.data.loader import PretrainingDataLoader, discover_shards
 
     files = discover_shards(input_dir)
     if not files:
         raise DataError(f"no training shards (.hdf5/.h5/.parquet) in {input_dir}")
+    _check_vocab_of_shards(input_dir, args.vocab_file)
     return PretrainingDataLoader(
         files, batch_size=batch_size, vocab_file=args.vocab_file, rank=info.rank,
         world_size=info.world_size, seed=seed, masking=args.masking,

@@ -74,6 +74,8 @@ CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     "pretrain-config_file-not-json": (P, _with(PRE, "--config_file={garbage}"), ("garbage.json",)),
     "pretrain-vocab_file-missing": (P, _with(PRE, "--vocab_file={tmp}/nope.txt"), ("--vocab_file", "nope.txt")),
     "pretrain-parquet-without-vocab": (P, _with(PRE, "--input_dir={parquet}"), ("vocab",)),
+    "pretrain-vocab_file-not-the-shards-vocab": (P, _with(PRE, "--vocab_file={vocab_no_mask}"),
+                                                 ("--vocab_file", "vocab_no_mask.txt", "made with")),
     "pretrain-init_checkpoint-missing": (P, _with(PRE, "--init_checkpoint={tmp}/nope.pt"), ("nope.pt",)),
     "pretrain-init_checkpoint-dir-without-config": (P, _with(PRE, "--init_checkpoint={empty}"),
                                                     ("empty", "config.json")),

@@ -169,3 +169,15 @@ def test_pretraining_loss_variants_give_the_same_gradients(variant):
     assert torch.allclose(l0, l1, rtol=1e-6)
     for n in g0:
         assert torch.allclose(g0[n], g1[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_linear_decay_ends_at_positive_zero():
+    """The last fine-tuning step logged ``learning_rate -0.0``; the schedule ends at +0.0."""
+    import math
+
+    from bertforge.optim.schedulers import warmup_linear
+
+    assert warmup_linear(0.05, 0.1) == pytest.approx(0.5) and warmup_linear(0.55, 0.1) == pytest.approx(0.5)
+    end = warmup_linear(1.0, 0.1)
+    assert end == 0.0 and math.copysign(1.0, end) == 1.0
+    assert warmup_linear(1.5, 0.1) == 0.0
