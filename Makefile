@@ -57,6 +57,16 @@ demo-qa: install
 serve-demo: install install-serve
 	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) deploy/triton/serve_demo.py $(SERVE_DEMO_ARGS)
 
+# The figures of docs/benchmarks.md on this machine: data preparation, then the training step,
+# memory, loader and QA inference against transformers (~25 min on 2 CPU cores; sample shards
+# are made in $(BENCH_DATA) first). On a GPU: bench/bench_train.py --device cuda --precision fp16.
+BENCH_DATA ?= results/benchdata
+bench: install
+	@test -d $(BENCH_DATA)/phase1_hdf5 || PYTHON=$(PY) bash data/create_datasets_from_start.sh sample $(BENCH_DATA)
+	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_data.py
+	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_train.py --data $(BENCH_DATA) \
+		--repeats 7 --distinct_batches 7 --write docs/benchmarks.md
+
 lint: install lint-shell
 	$(PY) -m ruff check bertforge tests *.py
 

@@ -48,7 +48,35 @@ CASES = {
     "base-p1r": ("base", 128, 20, 16, "hdf5"),
     "base-p2": ("base", 512, 80, 4, "parquet"),
     "small-p1": ("small", 128, 20, 32, "synthetic"),
+    # GPU cases, the shapes of NVIDIA's DGX A100 tables (BERT-large; not in the CPU default run)
+    "large-p1": ("large", 128, 20, 64, "synthetic"),
+    "large-p2": ("large", 512, 80, 8, "synthetic"),
 }
+DEFAULT_CASES = ("base-p1", "base-p1r", "base-p2", "small-p1")
+
+RUN = {"device": torch.device("cpu"), "precision": "fp32"}
+"""Device and precision of this run (--device, --precision); both sides use the same."""
+
+# NVIDIA's published BERT-large pretraining throughput on 1x A100 80GB (DGX A100), from the
+# README of DeepLearningExamples/PyTorch/LanguageModeling/BERT: (case, precision) -> seq/s,
+# with their per-GPU batch (128 TF32 / 256 mixed at seq 128; 16 / 32 at seq 512).
+NVIDIA_A100_1GPU = {("large-p1", "tf32"): 317, ("large-p1", "fp16"): 580,
+                    ("large-p2", "tf32"): 110, ("large-p2", "fp16"): 210}
+
+
+def sync() -> None:
+    if RUN["device"].type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast():
+    """The mixed-precision context both sides run their forward in (none for fp32/tf32)."""
+    import contextlib
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(RUN["precision"])
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(RUN["device"].type, dtype=dtype)
 
 
 def model_config(name: str) -> ModelConfig:
@@ -105,9 +133,11 @@ class Ours:
 
         self.model = BertForPreTraining(cfg).train()
         self.model.load_state_dict(state_dict)
+        self.model.to(RUN["device"])
         opt = build_optimizer(self.model, "lamb", lr=6e-3, weight_decay=0.01)
         sched = PolyWarmUpScheduler(opt, warmup=0.2843, total_steps=7038)
-        self.step_fn = TrainStep(self.model, opt, sched, Precision.from_flags(False, False, torch.device("cpu")))
+        prec = Precision.from_flags(RUN["precision"] == "fp16", RUN["precision"] == "bf16", RUN["device"])
+        self.step_fn = TrainStep(self.model, opt, sched, prec)
 
     @staticmethod
     def loss_fn(model, b):
@@ -129,16 +159,25 @@ class HF:
         hf_cfg._attn_implementation = "sdpa"
         self.model = transformers.BertForPreTraining(hf_cfg).train()
         self.model.load_state_dict(state_dict)
+        self.model.to(RUN["device"])
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
         self.sched = transformers.get_linear_schedule_with_warmup(self.opt, 100, 10000)
+        # fp16 as a Hugging Face user runs it: autocast + a dynamic loss scale
+        self.scaler = torch.amp.GradScaler("cuda") if RUN["precision"] == "fp16" else None
 
     def step(self, b) -> float:
         labels = b["masked_lm_labels"].masked_fill(b["masked_lm_labels"] == -1, -100)
-        out = self.model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
-                         attention_mask=b["attention_mask"], labels=labels,
-                         next_sentence_label=b["next_sentence_labels"])
-        out.loss.backward()
-        self.opt.step()
+        with autocast():
+            out = self.model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                             attention_mask=b["attention_mask"], labels=labels,
+                             next_sentence_label=b["next_sentence_labels"])
+        if self.scaler is not None:
+            self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            out.loss.backward()
+            self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return float(out.loss.detach())
@@ -165,12 +204,17 @@ def flops_per_step(cfg: ModelConfig, batch: dict) -> float:
 
 
 def matmul_rate(n: int = 4096, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    """A large matmul's FLOP/s on this run's device, in its compute dtype (fp32 on the CPU)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(RUN["precision"], torch.float32)
+    a = torch.randn(n, n, device=RUN["device"]).to(dtype)
+    b = torch.randn(n, n, device=RUN["device"]).to(dtype)
     a @ b
+    sync()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
 
@@ -183,14 +227,18 @@ def run_case(name: str, args) -> dict:
     cfg_name, L, P, B, source = CASES[name]
     cfg = model_config(cfg_name)
     n = args.distinct_batches
+    if args.batch_size:
+        B = args.batch_size
     batches = (synthetic_batches(cfg, B, L, P, n) if source == "synthetic"
                else real_batches(Path(args.data), source, B, P, n))
+    batches = [{k: v.to(RUN["device"]) for k, v in b.items()} for b in batches]
     torch.manual_seed(0)
     init = BertForPreTraining(cfg).state_dict()
     sides = [Ours(cfg, init), HF(cfg, init)]
     for s in sides:  # warm-up: allocator, oneDNN primitives, optimizer state
         for b in batches[: args.warmup]:
             s.step(b)
+    sync()
     times = {s.name: [] for s in sides}
     seqs = []
     for r in range(args.repeats):
@@ -199,6 +247,7 @@ def run_case(name: str, args) -> dict:
         for s in (sides if r % 2 == 0 else sides[::-1]):  # alternate the order
             t = time.perf_counter()
             s.step(b)
+            sync()
             times[s.name].append(time.perf_counter() - t)
     flops = statistics.mean(flops_per_step(cfg, batches[r % n]) for r in range(args.repeats))
     res = {"case": name, "config": cfg_name, "seq": L, "pred": P, "batch": B, "source": source,
@@ -226,11 +275,13 @@ def run_case(name: str, args) -> dict:
 
 # ---- peak memory (one child process per side) --------------------------------------------------
 
-def child_memory(case: str, side: str, steps: int, data: str | None) -> None:
+def child_memory(case: str, side: str, steps: int, data: str | None, batch_size: int | None = None) -> None:
     cfg_name, L, P, B, source = CASES[case]
+    B = batch_size or B
     cfg = model_config(cfg_name)
     batches = (synthetic_batches(cfg, B, L, P, 1) if source == "synthetic"
                else real_batches(Path(data), source, B, P, 1))
+    batches = [{k: v.to(RUN["device"]) for k, v in b.items()} for b in batches]
     torch.manual_seed(0)
     init = BertForPreTraining(cfg).state_dict()
     s = (Ours if side == "ours" else HF)(cfg, init)
@@ -240,17 +291,22 @@ def child_memory(case: str, side: str, steps: int, data: str | None) -> None:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of this large
     # process would report the parent's peak.
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    print(json.dumps({"peak_rss_mb": hwm / 1024}))
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if RUN["device"].type == "cuda" else None
+    print(json.dumps({"peak_rss_mb": hwm / 1024, "peak_cuda_mb": cuda}))
 
 
 def peak_memory(case: str, args) -> dict:
     out = {}
     for side in ("ours", "hf"):
-        cmd = [sys.executable, __file__, "--memory-child", case, side]
+        cmd = [sys.executable, __file__, "--memory-child", case, side,
+               "--device", str(RUN["device"]), "--precision", RUN["precision"]]
         if args.data:
             cmd += ["--data", args.data]
+        if args.batch_size:
+            cmd += ["--batch_size", str(args.batch_size)]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[side] = json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+        m = json.loads(r.stdout.strip().splitlines()[-1])
+        out[side] = m["peak_cuda_mb"] if RUN["device"].type == "cuda" else m["peak_rss_mb"]
     return out
 
 
@@ -285,6 +341,8 @@ def qa_inference(args) -> dict:
     hf_cfg._attn_implementation = "sdpa"
     hf = transformers.BertForQuestionAnswering(hf_cfg).eval()
     hf.load_state_dict(ours.state_dict())
+    ours.to(RUN["device"])
+    hf.to(RUN["device"])
     L = 384
     lengths = real_squad_lengths(args, L)
     g = torch.Generator().manual_seed(1)
@@ -296,22 +354,24 @@ def qa_inference(args) -> dict:
             n = lengths[(offset + i) % len(lengths)]
             ids[i, :n] = torch.randint(1000, 30000, (n,), generator=g)
             mask[i, :n] = 1
-        return ids, torch.zeros_like(ids), mask
+        return ids.to(RUN["device"]), torch.zeros_like(ids).to(RUN["device"]), mask.to(RUN["device"])
 
     res = {"mean_tokens": statistics.mean(lengths), "seq": L}
     for B, reps in ((1, args.qa_repeats * 4), (32, args.qa_repeats)):
         data = [batch(B, k * B) for k in range(reps)]
         times = {"bertforge": [], "transformers": []}
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             for ids, tt, mask in data[:2]:
                 ours(ids, tt, mask)
                 hf(input_ids=ids, token_type_ids=tt, attention_mask=mask)
+            sync()
             for k, (ids, tt, mask) in enumerate(data):
                 order = [("bertforge", lambda: ours(ids, tt, mask)),
                          ("transformers", lambda: hf(input_ids=ids, token_type_ids=tt, attention_mask=mask))]
                 for name, fn in (order if k % 2 == 0 else order[::-1]):
                     t = time.perf_counter()
                     fn()
+                    sync()
                     times[name].append(time.perf_counter() - t)
         res[f"batch{B}"] = {k: summary(v) for k, v in times.items()}
         res[f"batch{B}"]["speedup_median"] = (res[f"batch{B}"]["transformers"]["median"]
@@ -347,6 +407,7 @@ def markdown(results: dict) -> str:
              "```", results["command"], "```", "",
              f"Machine: {results['machine']}; torch {results['torch']}, transformers {results['transformers']},",
              f"{results['threads']} threads. Load average at start/end: {results['load_start']} / {results['load_end']}.",
+             f"Device {results.get('device', 'cpu')}, precision {results.get('precision', 'fp32')} (both sides).",
              "", "Each repeat runs one batch through both sides back to back (the order alternates); seq/s",
              "is sequences over total time. Real batches differ in length, so their min/max span batches.",
              "", "| case | batch x seq | mean real tokens/seq | bertforge s/step min/med/max | transformers s/step min/med/max "
@@ -362,14 +423,21 @@ def markdown(results: dict) -> str:
                      f"{o['seq_per_s_total']:.2f} | {h['seq_per_s_total']:.2f} | **{r['speedup_median']:.2f}x** "
                      f"({r['paired_speedup']['min']:.2f}-{r['paired_speedup']['max']:.2f}) | "
                      f"{r['speedup_of_medians']:.2f}x | {r['speedup_total_time']:.2f}x |")
-    lines += ["", f"fp32 matmul rate (4096^3, median of 5): {results['matmul_gflops']:.1f} GFLOP/s.", ""]
+    prec = results.get("precision", "fp32")
+    lines += ["", f"{prec} matmul rate (4096^3, median of 5): {results['matmul_gflops']:.1f} GFLOP/s.", ""]
+    for r in results["cases"]:
+        ref = NVIDIA_A100_1GPU.get((r["case"], "fp16" if prec in ("fp16", "bf16") else prec))
+        if ref and str(results.get("device", "")).startswith("cuda"):
+            lines.append(f"- {r['case']}: bertforge {r['bertforge']['seq_per_s_total']:.1f} seq/s; NVIDIA's published "
+                         f"1x A100 80GB figure for this shape: {ref} seq/s (their mixed precision / TF32 tables).")
     for r in results["cases"]:
         mean_step = statistics.mean(r["bertforge"]["times"])  # FLOPs are the mean over the same repeats
         util = r["flops_per_step"] / mean_step / (results["matmul_gflops"] * 1e9)
         lines.append(f"- {r['case']}: useful model FLOPs per step {r['flops_per_step'] / 1e12:.3f} TFLOP, "
                      f"bertforge utilization {100 * util:.1f}% of the matmul rate.")
     if results.get("memory"):
-        lines += ["", "Peak RSS (separate child processes, one full training step each, optimizer state included):", ""]
+        what = ("Peak CUDA memory allocated" if str(results.get("device", "")).startswith("cuda") else "Peak RSS")
+        lines += ["", f"{what} (separate child processes, one full training step each, optimizer state included):", ""]
         for case, m in results["memory"].items():
             lines.append(f"- {case}: bertforge {m['ours']:.0f} MB, transformers {m['hf']:.0f} MB "
                          f"(ratio {m['ours'] / m['hf']:.2f}).")
@@ -409,7 +477,12 @@ def write_section(path: Path, text: str, marker: str = "bench_train") -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+    p.add_argument("--cases", help="comma-separated subset of " + ", ".join(CASES)
+                   + " (default: " + ",".join(DEFAULT_CASES) + " on the CPU, large-p1,large-p2 on CUDA)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "fp16", "bf16"),
+                   help="fp32 (default); on CUDA also tf32, fp16 (autocast + dynamic loss scale), bf16")
+    p.add_argument("--batch_size", type=int, help="override every case's batch size (sequences per step)")
     p.add_argument("--data", help="output folder of data/create_datasets_from_start.sh (real batches)")
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
@@ -421,10 +494,22 @@ def main(argv=None) -> None:
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--memory-child", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}: no CUDA device is available")
+    if device.type != "cuda" and args.precision in ("tf32", "fp16"):
+        raise SystemExit(f"error: --precision {args.precision} needs --device cuda")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SystemExit(f"error: --batch_size must be positive, got {args.batch_size}")
+    RUN["device"], RUN["precision"] = device, args.precision
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     if args.memory_child:
-        child_memory(*args.memory_child, steps=1, data=args.data)
+        child_memory(*args.memory_child, steps=1, data=args.data, batch_size=args.batch_size)
         return
-    cases = [c for c in args.cases.split(",") if c]
+    default = DEFAULT_CASES if device.type == "cpu" else ("large-p1", "large-p2")
+    cases = [c for c in (args.cases or ",".join(default)).split(",") if c]
     for c in cases:
         if c not in CASES:
             raise SystemExit(f"error: --cases: unknown case {c!r}")
@@ -435,7 +520,9 @@ def main(argv=None) -> None:
     results = {"command": "python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "torch": torch.__version__, "transformers": transformers.__version__,
-               "threads": torch.get_num_threads(), "load_start": round(os.getloadavg()[0], 2), "cases": []}
+               "threads": torch.get_num_threads(), "load_start": round(os.getloadavg()[0], 2), "cases": [],
+               "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+               "precision": args.precision}
     results["matmul_gflops"] = matmul_rate() / 1e9
     print(f"matmul {results['matmul_gflops']:.1f} GFLOP/s", flush=True)
     for c in cases:
@@ -445,7 +532,7 @@ def main(argv=None) -> None:
               f"speedup {r['speedup_median']:.2f}x (paired; of medians {r['speedup_of_medians']:.2f}x)", flush=True)
     results["matmul_gflops_end"] = matmul_rate() / 1e9
     if not args.no_memory:
-        results["memory"] = {c: peak_memory(c, args) for c in cases if c in ("base-p1", "base-p2", "small-p1")}
+        results["memory"] = {c: peak_memory(c, args) for c in cases if CASES[c][4] == "synthetic" or c == "base-p2"}
         print("memory", results["memory"], flush=True)
     results["loader_batches_per_s"] = loader_rate(args)
     if not args.no_qa:

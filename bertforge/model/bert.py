@@ -179,7 +179,7 @@ class BertSelfAttention(nn.Module):
             # Unpadded: attention per run of equal-length sequences, on real tokens only, so
             # neither the L x L scores nor their dropout are computed for padding.
             outs = []
-            for block, (r, n) in zip(qkv.split([r * n for r, n in packing.runs]), packing.runs):
+            for block, (r, n) in zip(qkv.split([r * n for r, n in packing.runs]), packing.runs, strict=True):
                 if n == 0:
                     continue
                 q, k, v = block.view(r, n, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # [r, nh, n, hd]

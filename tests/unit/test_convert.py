@@ -14,7 +14,6 @@ from bertforge.config import ModelConfig
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering, BertModel
 from bertforge.model.convert import export_hf, load_pretrained, save_bertforge, to_ngc_state_dict
-
 from tests.conftest import REPO
 
 SENTENCES = [
@@ -106,8 +105,10 @@ def test_convert_cli_roundtrip(tmp_path):
     torch.manual_seed(2)
     m = BertForQuestionAnswering(tiny()).eval()
     save_bertforge(m, tmp_path / "qa.pt")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "bertforge.convert", *map(str, a)],
-                                    capture_output=True, text=True, cwd=REPO)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "bertforge.convert", *map(str, a)],
+                              capture_output=True, text=True, cwd=REPO)
+
     r = run("--from", "bertforge", "--to", "hf", tmp_path / "qa.pt", tmp_path / "hf")
     assert r.returncode == 0, r.stderr
     assert "BertForQuestionAnswering" in r.stdout

@@ -254,9 +254,9 @@ def test_bad_inputs(corpus, tmp_path, capsys):
 
 def test_no_partial_file_on_failure(corpus, tmp_path, monkeypatch):
     root, text, vocab = corpus
-    import bertforge.data.hdf5 as h
-
     import builtins
+
+    import bertforge.data.hdf5 as h
 
     def full_disk_open(path, mode="r", *a, **k):  # the shard's file write hits a full disk
         fh = builtins.open(path, mode, *a, **k)

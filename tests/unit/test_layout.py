@@ -22,8 +22,8 @@ def test_entry_points_are_thin_shims(name):
 def test_repo_root_shadows_no_third_party_package():
     """A top-level folder named like an installed-or-optional package (``triton/`` did) is
     imported instead of it whenever a repo-root script runs; torch.optim then crashed."""
-    code = ("import sys; sys.path.insert(0, %r); import torch; "
-            "torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1); print('ok')" % str(REPO))
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import torch; "
+            "torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
     for name in ("triton", "torch", "transformers", "tokenizers", "onnx", "dllogger", "apex"):

@@ -182,7 +182,7 @@ def test_gradient_checkpointing_same_gradients(batch):
         m.train()
         s, n = m(ids, tt, mask)
         (s.square().mean() + n.square().mean()).backward()
-    for (k, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (k, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6), k
 
 
@@ -202,7 +202,7 @@ def test_unpadded_training_matches_padded_gradients(batch):
     for m in (a, b):
         s, n = m(ids, tt, mask, masked_lm_labels=labels)
         pretraining_loss(s, n, labels, nsl)[0].backward()
-    for (k, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (k, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6), k
 
 
