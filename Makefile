@@ -12,8 +12,9 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # Reinstall only when the dependency list changes; the package itself is editable.
+# A venv whose creation was interrupted has a python but no pip: recreate it (--clear).
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
@@ -23,7 +24,7 @@ VENV_TRITON := .venv-triton
 TRITON_STAMP := $(VENV_TRITON)/.installed
 install-serve: $(TRITON_STAMP)
 $(TRITON_STAMP): deploy/triton/requirements-server.txt pyproject.toml
-	@test -x $(VENV_TRITON)/bin/python || $(PYTHON) -m venv $(VENV_TRITON)
+	@$(VENV_TRITON)/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV_TRITON)
 	$(VENV_TRITON)/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/triton/requirements-server.txt
 	$(VENV_TRITON)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(TRITON_STAMP)
