@@ -258,7 +258,6 @@ def run_case(name: str, args) -> dict:
     for k, v in times.items():
         res[k] = summary(v)
         res[k]["times"] = v
-        res[k]["seq_per_s_median"] = B / res[k]["median"]
         res[k]["seq_per_s_total"] = B * len(v) / sum(v)
     # Headline: the median over repeats of the per-repeat ratio. Both sides of a repeat ran the
     # same batch back to back, so the ratio is immune to batches of different cost (real
@@ -424,7 +423,9 @@ def markdown(results: dict) -> str:
                      f"({r['paired_speedup']['min']:.2f}-{r['paired_speedup']['max']:.2f}) | "
                      f"{r['speedup_of_medians']:.2f}x | {r['speedup_total_time']:.2f}x |")
     prec = results.get("precision", "fp32")
-    lines += ["", f"{prec} matmul rate (4096^3, median of 5): {results['matmul_gflops']:.1f} GFLOP/s.", ""]
+    lines += ["", f"{prec} matmul rate (4096^3, median of 5): {results['matmul_gflops']:.1f} GFLOP/s at the start, "
+              f"{results.get('matmul_gflops_end', float('nan')):.1f} at the end of the training cases "
+              "(utilization uses the start figure).", ""]
     for r in results["cases"]:
         ref = NVIDIA_A100_1GPU.get((r["case"], "fp16" if prec in ("fp16", "bf16") else prec))
         if ref and str(results.get("device", "")).startswith("cuda"):

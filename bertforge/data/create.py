@@ -140,7 +140,11 @@ def check_pretraining_vocab(vocab_file: str | os.PathLike) -> dict[str, int]:
     return vocab
 
 
-def _vocab_digest(vocab_file) -> str:
+DATA_META = ".bertforge_data.json"
+"""Written next to the shards: the settings they were made with, including ``vocab_digest``."""
+
+
+def vocab_digest(vocab_file) -> str:
     return hashlib.sha256(Path(vocab_file).read_bytes()).hexdigest()[:16]
 
 
@@ -356,7 +360,7 @@ def write_shards(instances: InstanceSet, output: str | os.PathLike, *, output_fo
     if rank == 0 and single is None:
         atomic_write_json(out_dir / ".num_samples.json", sizes, indent=None)
         if meta is not None:
-            atomic_write_json(out_dir / ".bertforge_data.json", meta)
+            atomic_write_json(out_dir / DATA_META, meta)
     return sizes
 
 
@@ -421,7 +425,7 @@ def balance_parts(output: str | os.PathLike, *, output_format: str, num_shards: 
         other = {k: v for k, v in m.items() if k not in ("rank", "keys")}
         if other != ref:
             raise DataError(f"tasks in {pdir} used different settings: {ref} vs {other}")
-    if ref.get("vocab_digest") != _vocab_digest(vocab_file):
+    if ref.get("vocab_digest") != vocab_digest(vocab_file):
         raise DataError(f"--vocab_file {vocab_file} is not the vocab the parts were made with")
     keys = sorted(k for m in metas for k in m["keys"])
     sets = []
@@ -480,7 +484,7 @@ def create_pretraining_shards(
                                        do_lower_case=do_lower_case, num_workers=num_workers,
                                        progress=progress)
     meta = {"config": cfg.to_dict(), "do_lower_case": do_lower_case,
-            "vocab_digest": _vocab_digest(vocab_file), "num_inputs": len(units)}
+            "vocab_digest": vocab_digest(vocab_file), "num_inputs": len(units)}
     res = CreateResult(stats=stats, num_instances=sum(len(s) for _, s in sets))
     if world_size == 1:
         inst = (concat_instance_sets([s for _, s in sets]) if sets

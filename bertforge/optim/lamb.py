@@ -43,6 +43,15 @@ def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
 
+def densify_sparse_grads(params) -> None:
+    """Make sparse ``.grad`` tensors dense in place. A tied word embedding returns a sparse
+    gradient that the MLM decoder's dense one absorbs in backward; it stays sparse only when
+    a loss left the decoder out, and norms, clipping and the optimizers need dense tensors."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.to_dense()
+
+
 class LAMB(torch.optim.Optimizer):
     """Layer-wise Adaptive Moments optimizer for Batch training (apex FusedLAMB semantics).
 
@@ -103,10 +112,7 @@ class LAMB(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None and p.grad.is_sparse:  # e.g. a tied embedding's lookup
-                    p.grad = p.grad.to_dense()
+        densify_sparse_grads(p for g in self.param_groups for p in g["params"])
         all_grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not all_grads:
             return loss

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bertforge.optim.lamb import global_grad_norm
+from bertforge.optim.lamb import densify_sparse_grads, global_grad_norm
 from bertforge.precision import Precision
 
 __all__ = ["TrainStep", "StepResult"]
@@ -133,11 +133,7 @@ class TrainStep:
                 self.precision.scale(loss.float() / n).backward()
             total = loss.detach().float() if total is None else total + loss.detach().float()
         mean_loss = total / n
-        for p in self._params:
-            # A tied word embedding returns a sparse gradient that the MLM decoder's dense one
-            # absorbs; it stays sparse only if a loss left the decoder out.
-            if p.grad is not None and p.grad.is_sparse:
-                p.grad = p.grad.to_dense()
+        densify_sparse_grads(self._params)  # before the norm (a tied embedding without its decoder)
 
         scaler = self.precision.scaler
         if scaler is not None:

@@ -165,16 +165,16 @@ def _check_vocab_of_shards(input_dir: str, vocab_file: str | None) -> None:
     mask with the wrong [MASK]/random ids (dynamic masking) or mislabel the vocab, silently."""
     import json
 
-    from bertforge.data.create import _vocab_digest
+    from bertforge.data.create import DATA_META, vocab_digest
 
-    meta_file = Path(input_dir) / ".bertforge_data.json"
+    meta_file = Path(input_dir) / DATA_META
     if vocab_file is None or not meta_file.is_file():
         return  # NVIDIA's/LDDL's shards carry no digest
     try:
         recorded = json.loads(meta_file.read_text()).get("vocab_digest")
     except (OSError, ValueError, AttributeError):
         return
-    if recorded and recorded != _vocab_digest(vocab_file):
+    if recorded and recorded != vocab_digest(vocab_file):
         raise DataError(f"--vocab_file {vocab_file} is not the vocab the shards in {input_dir} "
                         f"were made with (digest {recorded} in {meta_file})")
 

@@ -270,11 +270,18 @@ def test_masked_last_layer_and_sparse_embedding_grad_match_full_computation(batc
     pos_labels = torch.tensor([[ids[0, 1], ids[0, 4], ids[0, 7]], [-1, -1, -1],
                                [ids[2, 2], ids[2, 3], -1], [5, -1, -1]])
     nsl = torch.tensor([0, 1, 1, 0])
+    rows_seen = []  # rows entering the last layer's feed-forward: proves which path ran
+    for m in (fast, plain):
+        m.bert.encoder.layer[-1].intermediate.dense.register_forward_hook(
+            lambda mod, inp, out: rows_seen.append(inp[0].shape[0]))
     for kw, lab in (({"masked_lm_labels": labels}, labels), ({"masked_lm_positions": positions}, pos_labels)):
         grads, losses = [], []
         for m in (fast, plain):
+            rows_seen.clear()
             m.zero_grad(set_to_none=True)
             s, n = m(ids, tt, mask, **kw)
+            # fast: [CLS] + up to 3 masked per sequence (4 x 4 rows); plain: every real token
+            assert rows_seen[-1] == (16 if m is fast else (int(mask.sum()) if unpad else mask.numel()))
             loss = pretraining_loss(s, n, lab, nsl)[0]
             loss.backward()
             losses.append(loss.item())
