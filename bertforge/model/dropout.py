@@ -3,9 +3,11 @@
 PyTorch's CPU dropout draws every mask element from a scalar Mersenne-Twister loop, about
 40-60 ns per element: in BERT-base training at seq 128 that is ~150 M draws per step, several
 seconds, a large share of a CPU step. Here the mask comes from numpy's SFC64 generator
-(vectorised, ~1.5 ns per element), seeded from torch's default generator, so
-``torch.manual_seed`` and saved/restored torch RNG states reproduce masks exactly (resume stays
-bit-exact). The keep threshold has 16-bit resolution: an element is dropped with probability
+(``random_raw``: 16 random bits per element, ~0.4 ns each), seeded from torch's default
+generator, so ``torch.manual_seed`` and saved/restored torch RNG states reproduce masks exactly
+(resume stays bit-exact). The mask is drawn, thresholded and scaled in cache-sized chunks
+straight into the output (about 3x faster than ``Generator.bytes`` plus a separate scaling pass).
+The keep threshold has 16-bit resolution: an element is dropped with probability
 ``round(p * 65536) / 65536`` (|error| <= 7.6e-6) and kept ones are scaled by the exact inverse of
 the keep probability, so the expectation is preserved exactly. The mask is saved for backward
 already scaled, in the activation's dtype (0 or 1 / P(keep)), so forward and backward are one
@@ -23,28 +25,44 @@ from torch import nn
 __all__ = ["FastDropout", "fast_dropout", "dropout_add", "dropout_mask"]
 
 _RES = 65536
+CHUNK = 1 << 18
+"""Elements drawn, compared and scaled per pass (cache-sized temporaries, no mask-sized ones)."""
 
 
-def dropout_mask(shape: tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
-    """A keep-mask of ``shape`` (uint8, 1 = keep) and the scale 1 / P(keep).
-
-    One draw from torch's default CPU generator seeds a numpy SFC64 stream.
-    """
+def _mask(shape: tuple[int, ...], p: float, dtype: torch.dtype | None) -> tuple[torch.Tensor, float]:
+    """(keep, scale): with ``dtype`` None keep is a uint8 mask; with a numpy float dtype it is
+    keep * scale already in that dtype. One draw from torch's default CPU generator seeds the
+    SFC64 stream; each element takes 16 of its bits."""
     seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64))
     n = 1
     for s in shape:
         n *= int(s)
-    bits = np.frombuffer(np.random.Generator(np.random.SFC64(seed)).bytes(2 * n), dtype=np.uint16)
     threshold = int(round(p * _RES))
-    keep = torch.from_numpy((bits >= threshold).view(np.uint8)).view(shape)
-    return keep, _RES / (_RES - threshold)
+    scale = _RES / (_RES - threshold)
+    out = torch.empty(n, dtype=torch.uint8 if dtype is None else dtype)
+    flat = out.numpy()
+    factor = None if dtype is None else flat.dtype.type(scale)
+    bitgen = np.random.SFC64(seed)
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        keep = bitgen.random_raw((stop - start + 3) // 4).view(np.uint16)[: stop - start] >= threshold
+        if factor is None:
+            flat[start:stop] = keep
+        else:
+            np.multiply(keep, factor, out=flat[start:stop])
+    return out.view(shape), scale
+
+
+def dropout_mask(shape: tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
+    """A keep-mask of ``shape`` (uint8, 1 = keep) and the scale 1 / P(keep)."""
+    return _mask(shape, p, None)
 
 
 def _scaled_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
     """keep * (1 / P(keep)) as a ``dtype`` tensor: the one factor forward and backward multiply by."""
-    keep, scale = dropout_mask(shape, p)
-    if dtype == torch.float32:
-        return torch.mul(keep, scale)  # uint8 x Python float -> float32 in one pass
+    if dtype in (torch.float32, torch.float64, torch.float16):
+        return _mask(shape, p, dtype)[0]  # scaled while drawn, no extra pass
+    keep, scale = _mask(shape, p, None)
     return keep.to(dtype).mul_(scale)
 
 

@@ -205,12 +205,16 @@ class LAMB(torch.optim.Optimizer):
         scratch = self._scratch(max(p.numel() for p in params), params[0])
         for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
             u = scratch[: p.numel()].view_as(p)
-            u.zero_()
-            torch._fused_adamw_([u], [g], [m], [v], [], [s], lr=-1.0, beta1=beta1, beta2=beta2,
-                                weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
-                                grad_scale=scale, found_inf=None)
             if wd != 0:
-                u.add_(p, alpha=wd)
+                # u = wd * p + direction in the kernel's own pass: it scales its "parameter" by
+                # (1 - lr * weight_decay) = wd for lr = -1 and weight_decay = wd - 1, then adds
+                # -lr * direction. Saves a read-modify-write pass over u and p per tensor.
+                u.copy_(p)
+            else:
+                u.zero_()
+            torch._fused_adamw_([u], [g], [m], [v], [], [s], lr=-1.0, beta1=beta1, beta2=beta2,
+                                weight_decay=wd - 1.0 if wd != 0 else 0.0, eps=eps, amsgrad=False,
+                                maximize=False, grad_scale=scale, found_inf=None)
             p_norm, u_norm = float(torch.linalg.vector_norm(p)), float(torch.linalg.vector_norm(u))
             ratio = p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0
             p.add_(u, alpha=-lr * ratio)

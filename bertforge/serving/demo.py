@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deploy/triton/serve_demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--init_checkpoint", default=None, help="a fine-tuned QA model (default: fine-tune a demo one)")
     p.add_argument("--vocab_file", default=None, help="default: the uncased vocab under $BERTFORGE_REAL_DATA")
-    p.add_argument("--work_dir", default=str(REPO_ROOT / "results" / "serve_demo"))
+    p.add_argument("--work_dir", default="results/serve_demo",
+                   help="where the demo model, repository and logs go (relative to the current "
+                        "directory, like every other output of the suite)")
     p.add_argument("--question", default=None, help="default: the first question of the SQuAD sample")
     p.add_argument("--context", default=None)
     p.add_argument("--train_steps", type=int, default=60, help="steps of the demo fine-tuning")
