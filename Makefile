@@ -69,7 +69,7 @@ bench: install
 		--repeats 7 --distinct_batches 7 --write docs/benchmarks.md
 
 lint: install lint-shell
-	$(PY) -m ruff check bertforge tests *.py
+	$(PY) -m ruff check bertforge tests bench deploy *.py
 
 # shellcheck (Debian package `shellcheck`) on every shell script, hadolint on the Dockerfiles.
 lint-shell: install

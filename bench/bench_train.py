@@ -188,16 +188,16 @@ def flops_per_step(cfg: ModelConfig, batch: dict) -> float:
     only, attention on real tokens, the MLM head on masked tokens only, and in the last layer
     only what the heads read (keys and values of every token; queries, output projection and
     feed-forward at [CLS] and the masked tokens). Work outside this count is not credited."""
-    H, I, Lyr, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.padded_vocab_size
+    H, Isz, Lyr, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.padded_vocab_size
     lengths = batch["attention_mask"].sum(1).double()
     tokens = lengths.sum().item()
     attn = (lengths ** 2).sum().item()
     per_seq = (batch["masked_lm_labels"] != -1).sum(1).double()  # masked tokens per sequence
     masked = int(per_seq.sum())
     B = batch["input_ids"].shape[0]
-    fwd = (Lyr - 1) * (2 * tokens * (4 * H * H + 2 * H * I) + 4 * attn * H)
+    fwd = (Lyr - 1) * (2 * tokens * (4 * H * H + 2 * H * Isz) + 4 * attn * H)
     queries = masked + B  # the last layer's rows the heads read: masked tokens and [CLS]
-    fwd += 2 * tokens * 2 * H * H + 2 * queries * (2 * H * H + 2 * H * I)
+    fwd += 2 * tokens * 2 * H * H + 2 * queries * (2 * H * H + 2 * H * Isz)
     fwd += 4 * H * ((per_seq + 1) * lengths).sum().item()
     fwd += 2 * masked * (H * H + H * V) + 2 * B * (H * H + 2 * H)
     return 3.0 * fwd
@@ -365,8 +365,9 @@ def qa_inference(args) -> dict:
                 hf(input_ids=ids, token_type_ids=tt, attention_mask=mask)
             sync()
             for k, (ids, tt, mask) in enumerate(data):
-                order = [("bertforge", lambda: ours(ids, tt, mask)),
-                         ("transformers", lambda: hf(input_ids=ids, token_type_ids=tt, attention_mask=mask))]
+                order = [("bertforge", lambda a=ids, b=tt, c=mask: ours(a, b, c)),
+                         ("transformers", lambda a=ids, b=tt, c=mask: hf(input_ids=a, token_type_ids=b,
+                                                                         attention_mask=c))]
                 for name, fn in (order if k % 2 == 0 else order[::-1]):
                     t = time.perf_counter()
                     fn()

@@ -39,7 +39,7 @@ def _real_data() -> Path:
     path = Path(root)
     if not (path / "squad" / "dev-v1.1-sample.json").is_file():
         raise DataError(f"BERTFORGE_REAL_DATA={root}: no squad/dev-v1.1-sample.json there")
-    return path
+    return path.resolve()  # absolute: run_squad.py runs with the repository as its cwd
 
 
 def _minilm() -> Path:
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_steps < 1:
         raise ConfigError(f"--train_steps must be >= 1, got {args.train_steps}")
     data = _real_data()
-    vocab = args.vocab_file or str(data / "vocab" / "bert-base-uncased-vocab.txt")
-    work = Path(args.work_dir)
+    vocab = str(Path(args.vocab_file).resolve()) if args.vocab_file else str(data / "vocab" / "bert-base-uncased-vocab.txt")
+    work = Path(args.work_dir).resolve()  # under the caller's cwd, absolute for the subprocesses
     sample = data / "squad" / "dev-v1.1-sample.json"
     if args.question is None:
         first = read_squad_examples(sample)[0]
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     windows = dict(max_seq_length=args.max_seq_length, doc_stride=args.max_seq_length // 2,
                    max_query_length=min(64, args.max_seq_length // 2))
 
-    ckpt = Path(args.init_checkpoint) if args.init_checkpoint else _finetune(
+    ckpt = Path(args.init_checkpoint).resolve() if args.init_checkpoint else _finetune(
         work, data, args.train_steps, args.max_seq_length)
     if args.init_checkpoint:
         print(f"[1/4] model {ckpt}", flush=True)
