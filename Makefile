@@ -56,7 +56,7 @@ demo-qa: install
 # Fine-tune a small demo QA model (or use SERVE_DEMO_ARGS="--init_checkpoint CKPT"), export it,
 # serve it with a real Triton server on 127.0.0.1 and answer a question over HTTP and gRPC.
 serve-demo: install install-serve
-	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) deploy/triton/serve_demo.py --work_dir results/serve_demo $(SERVE_DEMO_ARGS)
+	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) deploy/triton/serve_demo.py $(SERVE_DEMO_ARGS)
 
 # The figures of docs/benchmarks.md on this machine: data preparation, then the training step,
 # memory, loader and QA inference against transformers (~25 min on 2 CPU cores; sample shards

@@ -69,11 +69,16 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def half_dtype() -> torch.dtype | None:
+    """The 16-bit compute dtype of --precision fp16/bf16, None for fp32/tf32."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(RUN["precision"])
+
+
 def autocast():
     """The mixed-precision context both sides run their forward in (none for fp32/tf32)."""
     import contextlib
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(RUN["precision"])
+    dtype = half_dtype()
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(RUN["device"].type, dtype=dtype)
@@ -205,7 +210,7 @@ def flops_per_step(cfg: ModelConfig, batch: dict) -> float:
 
 def matmul_rate(n: int = 4096, repeats: int = 5) -> float:
     """A large matmul's FLOP/s on this run's device, in its compute dtype (fp32 on the CPU)."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(RUN["precision"], torch.float32)
+    dtype = half_dtype() or torch.float32
     a = torch.randn(n, n, device=RUN["device"]).to(dtype)
     b = torch.randn(n, n, device=RUN["device"]).to(dtype)
     a @ b
