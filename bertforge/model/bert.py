@@ -18,9 +18,13 @@ Fast paths, all exact up to float reassociation (parity tests in tests/unit):
 * Masked-only last layer: with labels or positions, the last encoder layer computes keys and
   values for every token but queries, output projection and feed-forward only at [CLS] and the
   masked positions, the only outputs the heads read.
-* Tied word-embedding gradient returned sparse, so the decoder's dense [V, H] gradient absorbs
-  it in place (no zero-filled [V, H] tensor and full add per backward).
+* Tied word-embedding gradient summed in place: in BertForPreTraining the decoder's dense
+  [V, H] gradient is handed to the embedding lookup's backward (fused.TiedGradient); other
+  tied models return the lookup's gradient sparse, which the decoder's dense one absorbs.
 * Softmax scale folded into the fused QKV weight; dropout fused with the residual add.
+* CPU training blocks that reuse their own backward buffers (fused.py: feed-forward, attention
+  with dropout, MLM cross-entropy, the in-place tied gradient); ``set_fused(False)`` turns them
+  off. CUDA, whose caching allocator makes fresh buffers cheap, keeps PyTorch's ops.
 
 This module imports only torch (and, through dropout.py, numpy).
 """
@@ -34,7 +38,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bertforge.model.dropout import FastDropout, dropout_add, fast_dropout
+from bertforge.model.dropout import FastDropout, dropout_add, fast_dropout, scaled_mask
+from bertforge.model.fused import (
+    GELU_APPROXIMATE,
+    TiedGradient,
+    attention,
+    cross_entropy,
+    embedding_lookup,
+    feed_forward,
+    tied_decoder,
+)
 
 __all__ = [
     "BertModel",
@@ -142,13 +155,19 @@ class BertEmbeddings(nn.Module):
         decoder shares the weight: the decoder's dense gradient absorbs it in place, instead of
         a zero-filled [V, H] tensor plus a full [V, H] add per backward)."""
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, packing: _Packing) -> torch.Tensor:
-        """input_ids, token_type_ids [B, L] -> packed embeddings [T, H]."""
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, packing: _Packing,
+                tied: TiedGradient | None = None) -> torch.Tensor:
+        """input_ids, token_type_ids [B, L] -> packed embeddings [T, H]. ``tied``: the word
+        lookup's weight gradient absorbs the tied MLM decoder's (bertforge.model.fused)."""
         B, L = input_ids.shape
         position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
         ids = packing.pack(input_ids)  # [T]
         we = self.word_embeddings
-        x = (F.embedding(ids, we.weight, we.padding_idx, sparse=self.sparse_word_grad and self.training)
+        if tied is not None:
+            words = embedding_lookup(ids, we.weight, we.padding_idx, tied)
+        else:
+            words = F.embedding(ids, we.weight, we.padding_idx, sparse=self.sparse_word_grad and self.training)
+        x = (words
              + self.position_embeddings(packing.pack(position_ids))
              + self.token_type_embeddings(packing.pack(token_type_ids)))  # [T, H]
         return self.dropout(self.LayerNorm(x))
@@ -169,6 +188,9 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(H, H)
         self.value = nn.Linear(H, H)
         self.dropout_prob = config.attention_probs_dropout_prob
+        self.fused_attention = True
+        """Train through bertforge.model.fused.attention (CPU, dropout on: same values, the
+        softmax and its backward in place)."""
 
     def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
         """x [T, H] -> context [T, H]."""
@@ -218,6 +240,9 @@ class BertSelfAttention(nn.Module):
         if p > 0.0 and q.device.type == "cpu":
             # Explicit attention so the probabilities get the fast CPU dropout mask
             # (SDPA's internal dropout draws from the slow scalar generator).
+            if self.fused_attention and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+                drop = scaled_mask((*q.shape[:-1], k.shape[-2]), p, q.dtype)
+                return attention(q, k, v, key_mask, drop)
             scores = torch.matmul(q, k.transpose(-1, -2))  # [..., m, n]
             if key_mask is not None:
                 scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
@@ -268,7 +293,11 @@ class BertOutput(nn.Module):
         self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(dropout_add(self.dense(hidden), residual, self.dropout.p, self.training))
+        return self.add_norm(self.dense(hidden), residual)
+
+    def add_norm(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(residual + dropout(y)), y being this block's projection output."""
+        return self.LayerNorm(dropout_add(y, residual, self.dropout.p, self.training))
 
 
 class BertLayer(nn.Module):
@@ -277,16 +306,30 @@ class BertLayer(nn.Module):
         self.attention = BertAttention(config)
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
+        self.gelu_approximate = GELU_APPROXIMATE.get(config.hidden_act)
+        self.fused_feed_forward = True
+        """Train the feed-forward block through bertforge.model.fused.feed_forward (CPU, GELU
+        activations; same values, fewer backward allocations)."""
 
     def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
         a = self.attention(x, packing)  # [T, H]
-        return self.output(self.intermediate(a), a)
+        return self._feed_forward(a)
+
+    def _feed_forward(self, a: torch.Tensor) -> torch.Tensor:
+        """a [T, H] (attention block output) -> the layer's output [T, H]."""
+        inter, out = self.intermediate, self.output
+        if (self.fused_feed_forward and self.gelu_approximate is not None and torch.is_grad_enabled()
+                and a.dim() == 2 and a.device.type == "cpu" and not torch.is_autocast_enabled("cpu")):
+            y = feed_forward(a, inter.dense.weight, inter.dense.bias, out.dense.weight, out.dense.bias,
+                             self.gelu_approximate)
+            return out.add_norm(y, a)
+        return out(inter(a), a)
 
     def forward_rows(self, x: torch.Tensor, rows: torch.Tensor, packing: _Packing, S: int) -> torch.Tensor:
         """The layer's output at the packed rows ``rows`` [B * S] only (S per sequence); keys and
         values still come from every token of x [T, H]. -> [B * S, H]"""
         a = self.attention.forward_rows(x, x.index_select(0, rows), packing, S)  # [B*S, H]
-        return self.output(self.intermediate(a), a)
+        return self._feed_forward(a)
 
 
 class BertEncoder(nn.Module):
@@ -359,6 +402,16 @@ class BertPreTrainedModel(nn.Module):
         bert = self if isinstance(self, BertModel) else self.bert
         bert.unpad = enabled
 
+    def set_fused(self, enabled: bool) -> None:
+        """Toggle the fused training blocks of bertforge.model.fused (on by default)."""
+        for m in self.modules():
+            if isinstance(m, BertLayer):
+                m.fused_feed_forward = enabled
+            elif isinstance(m, BertSelfAttention):
+                m.fused_attention = enabled
+        if isinstance(self, BertForPreTraining):
+            self.fused_tied_gradient = enabled
+
 
 class BertModel(BertPreTrainedModel):
     """The encoder. forward -> (sequence_output [B, L, H], pooled_output [B, H] or None)."""
@@ -372,7 +425,7 @@ class BertModel(BertPreTrainedModel):
         if type(self) is BertModel:
             self.init_weights()
 
-    def encode(self, input_ids, token_type_ids=None, attention_mask=None, select=None):
+    def encode(self, input_ids, token_type_ids=None, attention_mask=None, select=None, tied=None):
         """Run embeddings and encoder; returns (packed hidden [T, H], packing).
 
         ``select`` [B, S] (positions within each sequence): the last layer is computed at those
@@ -388,7 +441,7 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         packing = _Packing(attention_mask, B, L, self.unpad)
-        x = self.embeddings(input_ids, token_type_ids, packing)
+        x = self.embeddings(input_ids, token_type_ids, packing, tied)
         if select is None:
             return self.encoder(x, packing), packing
         flat = (select.long() + torch.arange(B, device=select.device)[:, None] * L).flatten()  # [B*S]
@@ -425,8 +478,11 @@ class BertLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
         self.decoder.bias = self.bias  # one parameter under both of HF's names
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(x))  # [..., V]
+    def forward(self, x: torch.Tensor, tied: TiedGradient | None = None) -> torch.Tensor:
+        h = self.transform(x)
+        if tied is not None and h.dim() == 2:
+            return tied_decoder(h, self.decoder.weight, self.bias, tied)  # [M, V]
+        return self.decoder(h)  # [..., V]
 
 
 class BertOnlyMLMHead(nn.Module):
@@ -486,11 +542,22 @@ class BertForPreTraining(BertPreTrainedModel):
         """With labels or positions, compute the last encoder layer only where the heads read
         it ([CLS] and the masked tokens): its queries, output projection and feed-forward skip
         the other positions (~2/3 of a layer's work at 15 % masking). Exact."""
+        self.fused_tied_gradient = True
+        """Sum the tied word-embedding gradient in place (bertforge.model.fused.TiedGradient)."""
         self.init_weights()
+
+    def _tied_gradient(self, input_ids: torch.Tensor) -> TiedGradient | None:
+        weight = self.bert.embeddings.word_embeddings.weight
+        if (self.fused_tied_gradient and torch.is_grad_enabled() and weight.requires_grad
+                and self.cls.predictions.decoder.weight is weight and weight.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu")):
+            return TiedGradient()
+        return None
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 masked_lm_labels=None, masked_lm_positions=None):
         B, L = input_ids.shape
+        tied = self._tied_gradient(input_ids)
         if self.masked_last_layer and (masked_lm_labels is not None or masked_lm_positions is not None):
             if masked_lm_labels is not None:
                 positions, valid = _masked_positions(masked_lm_labels)  # [B, P]
@@ -498,25 +565,25 @@ class BertForPreTraining(BertPreTrainedModel):
                 positions, valid = masked_lm_positions.long(), None
             P = positions.shape[1]
             select = torch.cat([positions.new_zeros(B, 1), positions], 1)  # [B, 1 + P]: [CLS] first
-            hidden, _ = self.bert.encode(input_ids, token_type_ids, attention_mask, select=select)
+            hidden, _ = self.bert.encode(input_ids, token_type_ids, attention_mask, select=select, tied=tied)
             hidden = hidden.view(B, 1 + P, -1)
             pooled = self.bert.pooler(hidden[:, 0])  # [B, H]
             if valid is not None:
-                scores = self.cls.predictions(hidden[:, 1:][valid])  # [M, V], row-major order
+                scores = self.cls.predictions(hidden[:, 1:][valid], tied)  # [M, V], row-major order
             else:
-                scores = self.cls.predictions(hidden[:, 1:].reshape(B * P, -1)).view(B, P, -1)
+                scores = self.cls.predictions(hidden[:, 1:].reshape(B * P, -1), tied).view(B, P, -1)
             return scores, self.cls.seq_relationship(pooled)
-        hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)  # [T, H]
+        hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask, tied=tied)  # [T, H]
         pooled = self.bert.pool(hidden, packing)  # [B, H]
         if masked_lm_labels is not None:
             rows = packing.rows_of(_masked_rows(masked_lm_labels))
-            scores = self.cls.predictions(hidden.index_select(0, rows))  # [M, V]
+            scores = self.cls.predictions(hidden.index_select(0, rows), tied)  # [M, V]
         elif masked_lm_positions is not None:
             P = masked_lm_positions.shape[1]
             flat = (masked_lm_positions.long()
                     + torch.arange(B, device=input_ids.device)[:, None] * L).flatten()  # [B*P]
             # Padding positions (0) point at [CLS], a real token, so rows_of never returns -1.
-            scores = self.cls.predictions(hidden.index_select(0, packing.rows_of(flat)))
+            scores = self.cls.predictions(hidden.index_select(0, packing.rows_of(flat)), tied)
             scores = scores.view(B, P, -1)  # [B, P, V]
         else:
             scores = self.cls.predictions(packing.unpack(hidden))  # [B, L, V]
@@ -537,7 +604,10 @@ def pretraining_loss(prediction_scores: torch.Tensor, seq_relationship_score: to
     else:
         labels = labels.reshape(-1).masked_fill(labels.reshape(-1) == -100, IGNORE_INDEX)
         prediction_scores = prediction_scores.reshape(-1, prediction_scores.shape[-1])
-    mlm = F.cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)
+    if prediction_scores.requires_grad and torch.is_grad_enabled() and prediction_scores.device.type == "cpu":
+        mlm = cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)
+    else:
+        mlm = F.cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)
     if next_sentence_labels is None:
         return mlm, mlm, torch.zeros_like(mlm)
     nsp = F.cross_entropy(seq_relationship_score.float().view(-1, 2), next_sentence_labels.long().view(-1))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FastDropout", "fast_dropout", "dropout_add", "dropout_mask"]
+__all__ = ["FastDropout", "fast_dropout", "dropout_add", "dropout_mask", "scaled_mask"]
 
 _RES = 65536
 CHUNK = 1 << 18
@@ -58,7 +58,7 @@ def dropout_mask(shape: tuple[int, ...], p: float) -> tuple[torch.Tensor, float]
     return _mask(shape, p, None)
 
 
-def _scaled_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
+def scaled_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
     """keep * (1 / P(keep)) as a ``dtype`` tensor: the one factor forward and backward multiply by."""
     if dtype in (torch.float32, torch.float64, torch.float16):
         return _mask(shape, p, dtype)[0]  # scaled while drawn, no extra pass
@@ -100,7 +100,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    return _MaskedScale.apply(x, _scaled_mask(tuple(x.shape), p, x.dtype))
+    return _MaskedScale.apply(x, scaled_mask(tuple(x.shape), p, x.dtype))
 
 
 def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -109,7 +109,7 @@ def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: boo
         return x + residual
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True) + residual
-    return _MaskedScaleAdd.apply(x, residual, _scaled_mask(tuple(x.shape), p, x.dtype))
+    return _MaskedScaleAdd.apply(x, residual, scaled_mask(tuple(x.shape), p, x.dtype))
 
 
 class FastDropout(nn.Dropout):

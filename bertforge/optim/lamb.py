@@ -39,8 +39,23 @@ def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """
     if not grads:
         return torch.zeros(())
-    norms = torch._foreach_norm(grads)  # one norm per tensor, multi-tensor kernel
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    if all(_blas_sumsq_ok(g) for g in grads):
+        return torch.stack([_sumsq(g).float() for g in grads]).sum().sqrt()
+    norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # per tensor, multi-tensor kernel
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _blas_sumsq_ok(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
+
+
+def _sumsq(t: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of ``t`` (0-dim). Contiguous fp32/fp64 CPU tensors go through BLAS dot,
+    2-2.5x faster than ``vector_norm`` here (MKL, 0.6M-23M elements); others through the norm."""
+    if _blas_sumsq_ok(t):
+        flat = t.view(-1)
+        return torch.dot(flat, flat)
+    return torch.linalg.vector_norm(t, dtype=torch.float32).square()
 
 
 def densify_sparse_grads(params) -> None:
@@ -215,7 +230,7 @@ class LAMB(torch.optim.Optimizer):
             torch._fused_adamw_([u], [g], [m], [v], [], [s], lr=-1.0, beta1=beta1, beta2=beta2,
                                 weight_decay=wd - 1.0 if wd != 0 else 0.0, eps=eps, amsgrad=False,
                                 maximize=False, grad_scale=scale, found_inf=None)
-            p_norm, u_norm = float(torch.linalg.vector_norm(p)), float(torch.linalg.vector_norm(u))
+            p_norm, u_norm = math.sqrt(float(_sumsq(p))), math.sqrt(float(_sumsq(u)))
             ratio = p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0
             p.add_(u, alpha=-lr * ratio)
 

@@ -71,18 +71,18 @@ def test_dropout_add_is_residual_plus_dropout_with_same_mask():
 
 
 def test_masks_longer_than_one_chunk_stay_one_stream_at_the_right_rate():
-    from bertforge.model.dropout import CHUNK, _scaled_mask, dropout_mask
+    from bertforge.model.dropout import CHUNK, dropout_mask, scaled_mask
 
     torch.manual_seed(7)
     n = 2 * CHUNK + 1234  # two full chunks and a partial one
     keep, scale = dropout_mask((n,), 0.1)
     torch.manual_seed(7)
-    scaled = _scaled_mask((n,), 0.1, torch.float32)
+    scaled = scaled_mask((n,), 0.1, torch.float32)
     assert keep.dtype == torch.uint8 and scaled.dtype == torch.float32
     assert torch.equal(scaled, keep.float() * torch.tensor(scale, dtype=torch.float32))  # same draws
     for part in keep[:2 * CHUNK].split(CHUNK):  # every full chunk drops ~10 %, and no chunk repeats another
         assert abs(1 - part.float().mean().item() - 0.1) < 0.005
     assert not torch.equal(keep[:CHUNK], keep[CHUNK:2 * CHUNK])
     torch.manual_seed(7)
-    bf16 = _scaled_mask((n,), 0.1, torch.bfloat16)  # the non-numpy dtype path: same mask
+    bf16 = scaled_mask((n,), 0.1, torch.bfloat16)  # the non-numpy dtype path: same mask
     assert torch.equal(bf16 != 0, keep.bool())

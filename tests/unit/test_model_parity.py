@@ -270,9 +270,9 @@ def test_masked_last_layer_and_sparse_embedding_grad_match_full_computation(batc
     pos_labels = torch.tensor([[ids[0, 1], ids[0, 4], ids[0, 7]], [-1, -1, -1],
                                [ids[2, 2], ids[2, 3], -1], [5, -1, -1]])
     nsl = torch.tensor([0, 1, 1, 0])
-    rows_seen = []  # rows entering the last layer's feed-forward: proves which path ran
+    rows_seen = []  # rows through the last layer's output LayerNorm: proves which path ran
     for m in (fast, plain):
-        m.bert.encoder.layer[-1].intermediate.dense.register_forward_hook(
+        m.bert.encoder.layer[-1].output.LayerNorm.register_forward_hook(
             lambda mod, inp, out: rows_seen.append(inp[0].shape[0]))
     for kw, lab in (({"masked_lm_labels": labels}, labels), ({"masked_lm_positions": positions}, pos_labels)):
         grads, losses = [], []
@@ -301,11 +301,19 @@ def test_sparse_embedding_gradient_without_decoder_is_made_dense_for_the_optimiz
     torch.manual_seed(11)
     m = BertForPreTraining(tiny_config())
     ids = torch.randint(1, 101, (2, 12))
-    _, nsp = m(ids)
-    nsp.sum().backward()
     w = m.bert.embeddings.word_embeddings.weight
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(12)  # same dropout masks in both passes
+    m(ids)[1].sum().backward()  # fused tied gradient: no decoder in backward -> a dense gradient
+    assert not w.grad.is_sparse
+    fused = w.grad.clone()
+    m.zero_grad(set_to_none=True)
+    m.fused_tied_gradient = False
+    torch.manual_seed(12)
+    m(ids)[1].sum().backward()
     assert w.grad.is_sparse
     dense = w.grad.to_dense()
+    assert torch.allclose(fused, dense, atol=1e-7)
     before = w.detach().clone()
     LAMB(m.parameters(), lr=1e-3, max_grad_norm=0.0).step()  # no clipping: grads untouched
     assert not w.grad.is_sparse and torch.equal(w.grad, dense)

@@ -136,3 +136,20 @@ def test_one_no_decay_rule():
     assert all(p.dim() < 2 for p in groups[1]["params"])
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(model, "sgd")
+
+
+@pytest.mark.parametrize("kind", ["fp32", "mixed_layouts", "bf16"])
+def test_global_grad_norm_matches_the_plain_norm_and_keeps_overflow_visible(kind):
+    """The BLAS-dot path (contiguous fp32 CPU tensors) and the norm path give the plain norm."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(300, 70, generator=g), torch.randn(7, generator=g), torch.randn(23, 5, generator=g)]
+    if kind == "mixed_layouts":
+        grads[2] = grads[2].t()
+    if kind == "bf16":
+        grads = [t.bfloat16() for t in grads]
+    ref = torch.linalg.vector_norm(torch.cat([t.float().flatten() for t in grads]))
+    assert float(global_grad_norm(grads)) == pytest.approx(float(ref), rel=1e-5)
+    grads[1][3] = float("inf")
+    assert global_grad_norm(grads).isinf()
+    grads[1][3] = float("nan")
+    assert global_grad_norm(grads).isnan()
