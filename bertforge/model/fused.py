@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = ["feed_forward", "attention", "cross_entropy", "TiedGradient", "embedding_lookup", "tied_decoder",
            "GELU_APPROXIMATE"]
@@ -41,6 +42,7 @@ class _FeedForward(torch.autograd.Function):
         return torch.addmm(b2, a, w2.t())  # [T, H]
 
     @staticmethod
+    @once_differentiable  # the backward's in-place ops are not themselves differentiable
     def backward(ctx, gy):
         x, w1, w2, h, a = ctx.saved_tensors
         gy = gy.contiguous()
@@ -84,6 +86,7 @@ class _Attention(torch.autograd.Function):
         return _bmm(dropped, v)  # [..., m, hd]
 
     @staticmethod
+    @once_differentiable  # the backward's in-place ops are not themselves differentiable
     def backward(ctx, gctx):
         q, k, v, probs, drop, dropped = ctx.saved_tensors
         gctx = gctx.contiguous()
@@ -119,6 +122,7 @@ class _CrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the backward's in-place ops are not themselves differentiable
     def backward(ctx, g):
         logp, target, valid, count = ctx.saved_tensors
         grad = logp.exp_()  # softmax
@@ -154,6 +158,7 @@ class _EmbeddingLookup(torch.autograd.Function):
         return F.embedding(ids, weight, padding_idx)
 
     @staticmethod
+    @once_differentiable  # the backward's in-place ops are not themselves differentiable
     def backward(ctx, g):
         (ids,) = ctx.saved_tensors
         tied = ctx.tied
@@ -182,6 +187,7 @@ class _TiedDecoder(torch.autograd.Function):
         return torch.addmm(bias, h, weight.t())  # [M, V]
 
     @staticmethod
+    @once_differentiable  # the backward's in-place ops are not themselves differentiable
     def backward(ctx, g):
         h, weight = ctx.saved_tensors
         g = g.contiguous()

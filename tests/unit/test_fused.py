@@ -39,6 +39,9 @@ def test_feed_forward_matches_autograd(approximate):
     for a, b in zip(_grads(fused, [x, w1, b1, w2, b2]), _grads(plain, [x, w1, b1, w2, b2]), strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
     assert torch.autograd.gradcheck(lambda *t: feed_forward(*t, approximate), (x, w1, b1, w2, b2))
+    (gx,) = torch.autograd.grad(feed_forward(x, w1, b1, w2, b2, approximate).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice|does not require grad"):
+        gx.sum().backward()  # double backward is refused, not silently wrong
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
