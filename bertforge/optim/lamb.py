@@ -41,8 +41,16 @@ def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
         return torch.zeros(())
     if all(_blas_sumsq_ok(g) for g in grads):
         return torch.stack([_sumsq(g).float() for g in grads]).sum().sqrt()
-    norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # per tensor, multi-tensor kernel
+    # Per tensor, multi-tensor kernel; 16-bit gradients accumulate in fp32 (their own dtype
+    # would round each norm to 3 significant digits), the others in their own precision.
+    half = [g for g in grads if g.dtype in _HALF]
+    rest = [g for g in grads if g.dtype not in _HALF]
+    norms = list(torch._foreach_norm(half, 2, dtype=torch.float32)) if half else []
+    norms += [n.float() for n in torch._foreach_norm(rest)] if rest else []
     return torch.linalg.vector_norm(torch.stack(norms))
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _blas_sumsq_ok(t: torch.Tensor) -> bool:
@@ -55,7 +63,7 @@ def _sumsq(t: torch.Tensor) -> torch.Tensor:
     if _blas_sumsq_ok(t):
         flat = t.view(-1)
         return torch.dot(flat, flat)
-    return torch.linalg.vector_norm(t, dtype=torch.float32).square()
+    return torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype in _HALF else None).square()
 
 
 def densify_sparse_grads(params) -> None:
