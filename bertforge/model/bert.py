@@ -29,7 +29,7 @@ Fast paths, all exact up to float reassociation (parity tests in tests/unit):
   fused blocks run x W^T and dL/dx on oneDNN's GEMM, 1.4-1.9x faster than MKL's on the AMD
   CPUs measured; ``BERTFORGE_CPU_GEMM=aten`` or ``gemm.set_backend("aten")`` turns it off.
 
-This module imports only torch (and, through dropout.py, numpy).
+This module imports only torch (and, through dropout.py and gemm.py, numpy and bertforge.errors).
 """
 
 from __future__ import annotations
