@@ -352,3 +352,16 @@ def test_every_case_is_in_the_reliability_doc():
     doc = (REPO / "docs/reliability.md").read_text(encoding="utf-8")
     missing = [cid for cid in CASES if f"`{cid}`" not in doc]
     assert not missing, f"add these rows to docs/reliability.md: {missing}"
+
+
+def test_bad_gemm_backend_variable_is_one_line_error(table):
+    """BERTFORGE_CPU_GEMM is read when the model is built: a bad value stops the CLI with one
+    line naming the variable, before any work."""
+    fx, _ = table
+    argv = _argv("gemm-env", INF, fx)
+    p = subprocess.run([PYTHON, I, *argv], cwd=REPO, env={**cli_env(), "BERTFORGE_CPU_GEMM": "blas"},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    line = error_line(p.stderr, p.stdout)
+    assert line == "error: environment variable BERTFORGE_CPU_GEMM='blas': expected one of onednn, aten", line
+    assert "Traceback" not in p.stderr

@@ -152,3 +152,10 @@ def test_traced_model_holds_no_onednn_op(calls):
         out = traced(ids)
     for a, b in zip(eager, out, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bad_backend_variable_fails_when_the_model_is_built(monkeypatch):
+    monkeypatch.setitem(gemm._state, "backend", None)
+    monkeypatch.setenv("BERTFORGE_CPU_GEMM", "mkl")
+    with pytest.raises(ConfigError, match="BERTFORGE_CPU_GEMM='mkl'"):
+        BertForQuestionAnswering(tiny_config())
