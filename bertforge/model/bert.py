@@ -52,7 +52,7 @@ from bertforge.model.fused import (
     tied_decoder,
 )
 from bertforge.model.gemm import Linear, linear
-from bertforge.model.gemm import get_backend as get_gemm_backend
+from bertforge.model.gemm import get_backend as gemm_backend
 
 __all__ = [
     "BertModel",
@@ -374,7 +374,7 @@ class BertPreTrainedModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        get_gemm_backend()  # a bad BERTFORGE_CPU_GEMM fails here, before data or weights load
+        gemm_backend()  # a bad BERTFORGE_CPU_GEMM fails here, before data or weights load
 
     def init_weights(self) -> None:
         std = self.config.initializer_range

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from bertforge.model.gemm import column_sums as _column_sums
-from bertforge.model.gemm import linear_nt, matmul, weight_grad
+from bertforge.model.gemm import column_sums, linear_nt, matmul
 
 __all__ = ["feed_forward", "attention", "cross_entropy", "TiedGradient", "embedding_lookup", "tied_decoder",
            "GELU_APPROXIMATE"]
@@ -44,12 +43,12 @@ class _FeedForward(torch.autograd.Function):
         x, w1, w2, h, a = ctx.saved_tensors
         gy = gy.contiguous()
         need = ctx.needs_input_grad
-        gw2 = weight_grad(gy, a) if need[3] else None
-        gb2 = _column_sums(gy) if need[4] else None
+        gw2 = gy.t().mm(a) if need[3] else None
+        gb2 = column_sums(gy) if need[4] else None
         g = matmul(gy, w2)  # dL/da [T, I], ours alone
         torch.ops.aten.gelu_backward.grad_input(g, h, approximate=ctx.approximate, grad_input=g)  # dL/dh
-        gw1 = weight_grad(g, x) if need[1] else None
-        gb1 = _column_sums(g) if need[2] else None
+        gw1 = g.t().mm(x) if need[1] else None
+        gb1 = column_sums(g) if need[2] else None
         gx = matmul(g, w1) if need[0] else None
         return gx, gw1, gb1, gw2, gb2, None
 
@@ -188,13 +187,13 @@ class _TiedDecoder(torch.autograd.Function):
     def backward(ctx, g):
         h, weight = ctx.saved_tensors
         g = g.contiguous()
-        gw = weight_grad(g, h)  # [V, H], ours alone
+        gw = g.t().mm(h)  # [V, H], ours alone
         tied = ctx.tied
         if tied.grad is None:
             tied.grad = gw
         else:
             tied.grad.add_(gw)
-        return matmul(g, weight), None, _column_sums(g), None
+        return matmul(g, weight), None, column_sums(g), None
 
 
 def tied_decoder(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tied: TiedGradient) -> torch.Tensor:

@@ -4,7 +4,8 @@ PyTorch sends fp32 ``F.linear``/``addmm``/``mm`` on the CPU to MKL's sgemm. On t
 EPYC (Zen 4) these benchmarks run on, oneDNN's JIT GEMM, which picks its kernels from the CPU's
 feature flags, runs BERT's products 1.4-1.9x faster: x W^T at [2048, 768] x [768, 3072]
 196 vs 122 GFLOP/s, the MLM decoder's [319, 768] x [768, 30522] 177 vs 93 GFLOP/s. Weight
-gradients (g^T x, a long reduction over tokens) run as fast or faster on MKL, so they stay there.
+gradients (g^T x, a long reduction over tokens) are no faster on oneDNN alone and 6 % slower
+inside a training step, so they stay on MKL (``g.t().mm(x)``).
 
 Used where the operands are fp32 CPU tensors, mkldnn is available and enabled
 (``torch.backends.mkldnn``), and nothing is tracing, scripting, compiling, exporting or
@@ -26,8 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from bertforge.errors import ConfigError
 
-__all__ = ["Linear", "linear", "linear_nt", "matmul", "weight_grad", "column_sums", "set_backend",
-           "backend", "get_backend"]
+__all__ = ["Linear", "linear", "linear_nt", "matmul", "column_sums", "set_backend", "backend", "get_backend"]
 
 _BACKENDS = ("onednn", "aten")
 _state = {"backend": None}
@@ -66,7 +66,13 @@ def backend(name: str):
         set_backend(before)
 
 
-_ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+_ONEDNN = (getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+           if torch.backends.mkldnn.is_available() else None)
+"""oneDNN's x W^T (+ b) for dense tensors; None in a torch build without oneDNN."""
+
+
+def _onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return _ONEDNN(x, w, b, "none", [], "")  # no fused activation
 
 
 def _plain_context() -> bool:
@@ -79,38 +85,21 @@ def use_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether x @ w^T goes through oneDNN here (fp32 CPU operands, eager, no autocast)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
             and w.dim() == 2 and _ONEDNN is not None and get_backend() == "onednn"
-            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
-            and not torch.is_autocast_enabled("cpu") and not _plain_context())
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+            and not _plain_context())
 
 
 def linear_nt(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ w[N, K]^T (+ b [N]) -> [..., N], not differentiable (for use inside
     autograd Functions). Any strides."""
     if use_onednn(x, w):
-        return _ONEDNN(x, w, b, "none", [], "")
+        return _onednn_linear(x, w, b)
     return F.linear(x, w, b)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [M, K] @ b [K, N] -> [M, N], not differentiable (an input gradient g @ W)."""
     return linear_nt(a, b.t())
-
-
-_CHUNK_ROWS = 4096
-
-
-def weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """g [T, N]^T @ x [T, K] -> [N, K], a weight gradient (MKL). For very wide outputs (the
-    decoder's [V, H]) the product is written in row blocks of 4096, which keeps each block's
-    partial sums in cache: 1.6x faster at [30522, 319] x [319, 768]."""
-    N = g.shape[1]
-    if N <= 2 * _CHUNK_ROWS or g.device.type != "cpu":
-        return g.t().mm(x)
-    out = torch.empty(N, x.shape[1], dtype=torch.result_type(g, x), device=g.device)
-    gt = g.t()
-    for i in range(0, N, _CHUNK_ROWS):
-        torch.mm(gt[i:i + _CHUNK_ROWS], x, out=out[i:i + _CHUNK_ROWS])
-    return out
 
 
 def column_sums(g: torch.Tensor) -> torch.Tensor:
@@ -126,7 +115,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return _ONEDNN(x, w, b, "none", [], "")
+        return _onednn_linear(x, w, b)
 
     @staticmethod
     @once_differentiable
@@ -135,7 +124,7 @@ class _Linear(torch.autograd.Function):
         need = ctx.needs_input_grad
         g = gy.reshape(-1, gy.shape[-1])
         gx = matmul(g, w).view(*gy.shape[:-1], w.shape[1]) if need[0] else None
-        gw = weight_grad(g, x.reshape(-1, x.shape[-1])) if need[1] else None
+        gw = g.t().mm(x.reshape(-1, x.shape[-1])) if need[1] else None  # MKL: as fast here
         gb = column_sums(g) if ctx.has_bias and need[2] else None
         return gx, gw, gb
 
@@ -146,7 +135,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
         return F.linear(x, w, b)
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
         return _Linear.apply(x, w, b)
-    return _ONEDNN(x, w, b, "none", [], "")
+    return _onednn_linear(x, w, b)
 
 
 class Linear(nn.Linear):

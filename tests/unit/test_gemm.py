@@ -11,8 +11,7 @@ from bertforge.model import gemm
 from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering, pretraining_loss
 from tests.unit.test_model_parity import tiny_config
 
-needs_onednn = pytest.mark.skipif(gemm._ONEDNN is None or not torch.backends.mkldnn.is_available(),
-                                  reason="this torch build has no oneDNN")
+needs_onednn = pytest.mark.skipif(gemm._ONEDNN is None, reason="this torch build has no oneDNN")
 
 
 @pytest.fixture
@@ -95,15 +94,6 @@ def test_backend_switch_and_env(monkeypatch, calls):
         gemm.linear(x, w)
     monkeypatch.setenv("BERTFORGE_CPU_GEMM", "ATEN")
     assert gemm.get_backend() == "aten"
-
-
-def test_weight_grad_in_row_blocks_equals_one_product(monkeypatch):
-    g = torch.Generator().manual_seed(3)
-    gy, x = torch.randn(9, 70, generator=g), torch.randn(9, 5, generator=g)
-    monkeypatch.setattr(gemm, "_CHUNK_ROWS", 16)  # 70 rows: 4 full blocks and a partial one
-    got = gemm.weight_grad(gy, x)
-    assert got.shape == (70, 5) and got.is_contiguous()
-    assert torch.allclose(got, gy.t() @ x, atol=1e-5)
 
 
 @needs_onednn
