@@ -319,7 +319,7 @@ def main(argv=None):
     for w in (1, 2):
         t, r = best(lambda w=w: create_pretraining_shards(
             tmp / "text" / "train", tmp / f"ours{w}", vocab_file=vocab, cfg=cfg,
-            num_shards=args.num_text_shards, num_workers=w, progress=False), f"ours_w{w}")
+            num_shards=args.num_text_shards, num_workers=w, progress=False, overwrite=True), f"ours_w{w}")
         res[f"ours_w{w}_s"] = round(t, 2)
         res["instances"] = r.num_instances
     arrays = [read_hdf5_shard(f) for f in sorted((tmp / "ours2").glob("*.hdf5"))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ def pad_vocab_size(vocab_size: int, multiple: int = 8) -> int:
         return vocab_size
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
+
+#: Deepest encoder a config may ask for (the deepest BERT-like models have ~100 layers; a
+#: million would take an hour just to build).
+MAX_LAYERS = 1024
 
 _ACTS = ("gelu", "gelu_new", "gelu_tanh", "relu", "tanh", "bias_gelu", "gelu_pytorch_tanh")
 
@@ -79,16 +84,19 @@ class ModelConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise ConfigError(f"model config: {name} must be in [0, 1), got {v!r}")
+        if self.num_hidden_layers > MAX_LAYERS:
+            raise ConfigError(f"model config: num_hidden_layers {self.num_hidden_layers} is more "
+                              f"than {MAX_LAYERS}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"model config: hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}")
         if self.hidden_act not in _ACTS:
             raise ConfigError(f"model config: hidden_act {self.hidden_act!r} is not one of {', '.join(_ACTS)}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
-            raise ConfigError(f"model config: layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
-        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range <= 0:
-            raise ConfigError(f"model config: initializer_range must be positive, got {self.initializer_range!r}")
+        for name in ("layer_norm_eps", "initializer_range"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"model config: {name} must be a positive finite number, got {v!r}")
 
     # -- derived values -------------------------------------------------------------------
     @property
@@ -98,6 +106,17 @@ class ModelConfig:
     @property
     def padded_vocab_size(self) -> int:
         return pad_vocab_size(self.vocab_size, self.pad_vocab_to_multiple)
+
+    def num_parameters(self) -> int:
+        """Parameters of ``BertForPreTraining`` with this config (the task models have
+        fewer), counted from the config alone: what :mod:`bertforge.memory` checks before
+        anything is allocated."""
+        V, H, L, I = self.padded_vocab_size, self.hidden_size, self.num_hidden_layers, self.intermediate_size  # noqa: E741
+        embeddings = (V + self.max_position_embeddings + self.type_vocab_size) * H + 2 * H
+        layer = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+        pooler = H * H + H
+        heads = (H * H + H) + 2 * H + V + (2 * H + 2)  # MLM transform + LayerNorm + bias, NSP
+        return embeddings + L * layer + pooler + heads
 
     # -- (de)serialisation ----------------------------------------------------------------
     @classmethod

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.config import ModelConfig
-from bertforge.errors import CheckpointError, cli_entry
+from bertforge.errors import CheckpointError, UserError, cli_entry
 from bertforge.model.bert import (
     BertForMaskedLM,
     BertForPreTraining,
@@ -25,6 +26,7 @@ from bertforge.model.convert import (
     read_state_dict,
     save_bertforge,
 )
+from bertforge.outputs import atomic_dir, check_output_path
 
 __all__ = ["build_parser", "main", "model_for_state_dict"]
 
@@ -45,7 +47,7 @@ def model_for_state_dict(sd, config: ModelConfig):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bertforge.convert", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m bertforge.convert", description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="src_format", required=True, choices=("hf", "ngc", "bertforge"),
                    help="format of SRC: an HF directory, an NVIDIA/NGC .pt file, or a bertforge file")
     p.add_argument("--to", dest="dst_format", required=True, choices=("bertforge", "hf"),
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab_file", help="vocab.txt to place in an exported HF directory")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow pickles that run code on load (old NGC files); only for files you trust")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing DST (a folder is replaced as a whole, once the new "
+                        "one is complete)")
     return p
 
 
@@ -63,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     src = Path(args.src)
+    dst = check_output_path(args.dst, "DST", "dir" if args.dst_format == "hf" else "file")
+    if not args.overwrite and (dst.is_file() or (dst.is_dir() and any(dst.iterdir()))):
+        raise UserError(f"DST {dst} exists{' and holds files' if dst.is_dir() else ''}; pass "
+                        "--overwrite to replace it")
     if args.src_format == "hf" and not src.is_dir():
         raise CheckpointError(f"--from hf expects a directory with config.json, got {src}")
     if args.src_format != "hf" and src.is_dir():
@@ -77,7 +86,9 @@ def main(argv=None) -> int:
     model = model_for_state_dict(sd, config)
     report = load_state_dict_strict(model, normalize_state_dict(sd, model), source=f"checkpoint {src}")
     if args.dst_format == "hf":
-        out = export_hf(model, args.dst, vocab_file=args.vocab_file)
+        with atomic_dir(dst, "DST") as tmp:  # replaced as a whole, never partly
+            export_hf(model, tmp, vocab_file=args.vocab_file)
+        out = dst
     else:
         out = save_bertforge(model, args.dst)
     print(f"converted {src} ({args.src_format}, {type(model).__name__}) -> {out} ({args.dst_format}); {report.summary()}")

@@ -10,17 +10,19 @@ hanging forever.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from bertforge.errors import ConfigError
+from bertforge.errors import ConfigError, UserError
 
 __all__ = ["DistInfo", "init_distributed", "get_dist_info", "is_main", "print0", "barrier",
-           "cleanup", "all_reduce_mean", "env_rank_layout"]
+           "cleanup", "all_reduce_mean", "env_rank_layout", "rank0_output_lock", "RendezvousError"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -55,6 +57,7 @@ def env_rank_layout(local_rank_arg: int | None = None) -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's or Slurm's variables, else (0, 0, 1).
 
     ``local_rank_arg`` is the legacy ``--local_rank`` of ``torch.distributed.launch``.
+    A rank outside [0, world size) is a ConfigError naming the variables.
     """
     world = _int_env("WORLD_SIZE")
     if world is not None:
@@ -62,11 +65,30 @@ def env_rank_layout(local_rank_arg: int | None = None) -> tuple[int, int, int]:
         local = _int_env("LOCAL_RANK")
         if local is None:
             local = local_rank_arg if local_rank_arg is not None and local_rank_arg >= 0 else 0
-        return rank, local, world
+        return _checked(rank, local, world, "RANK", "LOCAL_RANK", "WORLD_SIZE")
     world = _int_env("SLURM_NTASKS")
     if world is not None and world > 1:
-        return _int_env("SLURM_PROCID") or 0, _int_env("SLURM_LOCALID") or 0, world
+        return _checked(_int_env("SLURM_PROCID") or 0, _int_env("SLURM_LOCALID") or 0, world,
+                        "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS")
     return 0, 0, 1
+
+
+def _checked(rank: int, local: int, world: int, rank_var: str, local_var: str,
+             world_var: str) -> tuple[int, int, int]:
+    if world < 1:
+        raise ConfigError(f"environment variable {world_var}={world}: must be >= 1")
+    if not 0 <= rank < world:
+        raise ConfigError(f"environment variable {rank_var}={rank} is outside [0, {world_var}={world})")
+    if local < 0:
+        raise ConfigError(f"environment variable {local_var}={local}: must be >= 0")
+    return rank, local, world
+
+
+class RendezvousError(UserError):
+    """The processes of a multi-process run could not all meet (exit status 1: not a bad
+    input; start every process, or run one without WORLD_SIZE)."""
+
+    exit_code = 1
 
 
 def init_distributed(backend: str | None = None, timeout_s: float | None = None,
@@ -103,8 +125,16 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
         os.environ.setdefault("WORLD_SIZE", str(world))
         os.environ.setdefault("LOCAL_RANK", str(local))
         kwargs = {"device_id": dev} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        try:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        except (dist.DistError, RuntimeError, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            raise RendezvousError(
+                f"rank {rank} of {world}: the {world} processes did not all join at {where} "
+                f"within {timeout_s:g}s ({first}); start every rank (torchrun and srun do), "
+                "or unset WORLD_SIZE to run one process") from None
     return DistInfo(rank, local, world, dev)
 
 
@@ -150,3 +180,35 @@ def cleanup() -> None:
     """Destroy the process group if there is one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def rank0_output_lock(folder, flag: str, info: DistInfo) -> Iterator[None]:
+    """Hold the lock of output ``folder`` (:func:`bertforge.outputs.output_lock`) for a run.
+
+    Only rank 0 takes it: every rank of one job shares the folder. The other ranks get rank
+    0's verdict through their own process group (a broadcast), so all ranks of a second job
+    started on the same folder stop with the same one-line error, and no rank of it can
+    write there; ranks of the same job are, by construction, the members of one group.
+    Collective: every rank must call it.
+    """
+    from bertforge.outputs import output_lock
+
+    lock, error = None, None
+    if info.rank == 0:
+        try:
+            lock = output_lock(folder, flag).acquire()
+        except UserError as e:
+            error = e
+    if info.world_size > 1:
+        verdict = [None if error is None else str(error)]
+        dist.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None and error is None:
+            error = UserError(verdict[0])
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

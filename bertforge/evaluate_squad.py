@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import DataError, cli_entry
 from bertforge.io import atomic_write_json
 from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2, is_v2_dataset, load_squad_json
@@ -25,7 +26,7 @@ __all__ = ["build_parser", "main", "evaluate_files"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m bertforge.evaluate_squad",
         description="Official SQuAD v1.1 / v2.0 evaluation (EM, F1; v2.0 HasAns/NoAns and best thresholds).")
     p.add_argument("data_file", help="SQuAD data JSON (dev-v1.1.json or dev-v2.0.json)")
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the metrics JSON here instead of stdout")
     p.add_argument("--version", choices=("1.1", "2.0"), default=None,
                    help="force the evaluation version (default: from the data file)")
-    return p
+    return p.check(outputs={"out_file": "file"})
 
 
 def _load_mapping(path: str, what: str, value_type) -> dict:

@@ -14,10 +14,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bertforge.errors import UserError
+from bertforge.errors import DataError, UserError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "ensure_dir", "fsync_dir",
-           "torch_save"]
+           "torch_save", "read_input_bytes", "read_input_text"]
 
 
 def _default_file_mode() -> int:
@@ -76,6 +76,8 @@ def atomic_path(final: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():  # a writer that replaced the file (safetensors) made it 0600
+            os.chmod(tmp_path, _default_file_mode())
         if fsync and tmp_path.exists():
             with open(tmp_path, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -102,6 +104,48 @@ def atomic_write_text(final: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(final: str | os.PathLike, obj, indent: int | None = 2) -> None:
     atomic_write_text(final, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_input_bytes(path: str | os.PathLike, what: str, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (``what`` names it in errors: ``--vocab_file x``).
+
+    A folder, a device (``/dev/zero`` never ends), a FIFO, a missing or unreadable file, or
+    one larger than ``max_bytes`` is a one-line UserError, before anything is read.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise DataError(f"{what}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{what}: cannot read ({e.strerror})") from None
+    import stat as _stat
+
+    if _stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{what} is a directory, not a file")
+    if not _stat.S_ISREG(st.st_mode):
+        raise DataError(f"{what} is not a regular file (a device, FIFO or socket)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise DataError(f"{what} is {st.st_size / 1e6:.1f} MB, more than the "
+                        f"{max_bytes / 1e6:.0f} MB such a file can be")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise DataError(f"{what}: cannot read ({e.strerror})") from None
+
+
+def read_input_text(path: str | os.PathLike, what: str, *, max_bytes: int | None = None) -> str:
+    """:func:`read_input_bytes` decoded as UTF-8; a binary file (a NUL byte, or bytes that
+    are not UTF-8) is a one-line UserError naming the byte offset."""
+    data = read_input_bytes(path, what, max_bytes=max_bytes)
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{what} is a binary file, not text (a NUL byte at offset {nul})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{e.start}; a binary file?)") from None
 
 
 class _WriteErrorRecorder:

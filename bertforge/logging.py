@@ -24,7 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Logger", "format_step", "read_dllogger"]
+__all__ = ["Logger", "format_step", "read_dllogger", "require_tensorboard"]
+
+
+def require_tensorboard(flag: str = "--tensorboard_dir") -> None:
+    """ConfigError (one line) unless ``torch.utils.tensorboard`` can write: the
+    ``tensorboard`` package (``pip install 'bertforge[tensorboard]'``) is installed."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        from bertforge.errors import ConfigError
+
+        raise ConfigError(f"{flag} needs the tensorboard package, which is not installed: "
+                          "pip install 'bertforge[tensorboard]' (or leave the flag out)") from None
 
 
 def format_step(step: Any) -> str:
@@ -62,8 +74,8 @@ class Logger:
         json_path: the ``--json-summary`` file, or None for no file.
         stdout: print a one-line progress record per :meth:`log` call.
         append: append to an existing file (a resumed run keeps one loss curve).
-        tensorboard_dir: write TensorBoard scalars there when ``torch.utils.tensorboard``
-            (the ``tensorboard`` package) is importable; silently off otherwise.
+        tensorboard_dir: also write TensorBoard scalars there (needs the ``tensorboard``
+            package: a ConfigError without it, never a silent no-op).
     """
 
     def __init__(self, json_path: str | os.PathLike | None = None, stdout: bool = True,
@@ -75,22 +87,27 @@ class Logger:
         self._tb = None
         if json_path is not None:
             path = Path(json_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                import dllogger  # type: ignore[import-not-found]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    import dllogger  # type: ignore[import-not-found]
 
-                self._dll = dllogger.JSONStreamBackend(dllogger.Verbosity.VERBOSE, str(path),
-                                                       append=append)
-            except Exception:  # not installed, or an incompatible version: write it ourselves
-                self._dll = None
-                self._fh = open(path, "a" if append else "w", encoding="utf-8", buffering=1)
+                    self._dll = dllogger.JSONStreamBackend(dllogger.Verbosity.VERBOSE, str(path),
+                                                           append=append)
+                except OSError:
+                    raise
+                except Exception:  # not installed, or an incompatible version: write it ourselves
+                    self._dll = None
+                    self._fh = open(path, "a" if append else "w", encoding="utf-8", buffering=1)
+            except OSError as e:
+                from bertforge.errors import UserError
+
+                raise UserError(f"cannot write the log {path}: {e.strerror}") from None
         if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(tensorboard_dir))
-            except Exception:
-                self._tb = None
+            self._tb = SummaryWriter(str(tensorboard_dir))
 
     # -- records --------------------------------------------------------------------------
     def _write(self, record: dict) -> None:

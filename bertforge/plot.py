@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import DataError, UserError, cli_entry
 from bertforge.io import atomic_path
 
@@ -187,7 +188,7 @@ def plot_curves(curves: Curves, out: str | os.PathLike, title: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m bertforge.plot",
         description="Plot loss, learning rate, throughput and loss scale from a dllogger JSON "
                     "log (also one a running job is still writing).")
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None,
                    help="PNG to write (default: the log's name with .png)")
     p.add_argument("--title", default=None, help="figure title (default: the log's path)")
-    return p
+    return p.check(outputs={"output": "file"})
 
 
 @cli_entry

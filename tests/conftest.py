@@ -48,3 +48,12 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def minilm():
     return minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def cli_fixtures(tmp_path_factory) -> dict:
+    """The small world the bad-input table, the fuzz test and the two-run tests share (made
+    once: text, vocab, shards, checkpoints, SQuAD and GLUE files, issue 19's odd inputs)."""
+    from tests.unit.test_bad_inputs import _fixtures
+
+    return _fixtures(tmp_path_factory.mktemp("cli_fixtures"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import cli_entry
 
 __all__ = ["build_parser", "main"]
@@ -31,7 +32,7 @@ def _bool(s: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="create_pretraining_data.py",
         description="Make BERT pretraining shards (NSP pairs + masked LM) from text in "
                     "Google's format (one sentence per line, blank line between documents) "
@@ -76,9 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
                           "-> final shards")
     run.add_argument("--keep_parts", action="store_true",
                      help="with --balance: keep the per-task outputs")
+    io.add_argument("--overwrite", "--overwrite_output_dir", dest="overwrite", action="store_true",
+                    help="replace a dataset already in --output_file (as a whole, once the new "
+                         "one is complete; without it such an output is refused)")
     run.add_argument("--progress", type=_bool, default=None, metavar="BOOL",
                      help="progress bar (default: when stderr is a terminal)")
-    return p
+    return p.check(limits=LIMITS)
+
+
+#: The range of every numeric flag (checked by bertforge.cli.args; NaN/inf never pass).
+LIMITS = {
+    "num_shards": "[0,1048576]", "bin_size": ">=1", "max_seq_length": "[5,1048576]",
+    "max_predictions_per_seq": "[1,1048576]", "masked_lm_prob": "(0,1)",
+    "dupe_factor": "[1,100000]", "short_seq_prob": "[0,1]", "num_workers": "[1,1024]",
+    "rank": ">=0", "world_size": "[1,1048576]",
+}
 
 
 @cli_entry
@@ -89,10 +102,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     rank, world_size = resolve_rank(args.rank, args.world_size)
-    if args.num_workers < 1:
-        raise UserError(f"--num_workers must be >= 1, got {args.num_workers}")
-    if args.num_shards < 0:
-        raise UserError(f"--num_shards must be >= 0, got {args.num_shards}")
     if args.output_format == "hdf5" and args.masking != "static":
         raise UserError("--masking none needs --output_format parquet")
     if args.bin_size is not None and args.output_format != "parquet":
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = balance_parts(args.output_file, output_format=args.output_format,
                               num_shards=args.num_shards, vocab_file=args.vocab_file,
                               bin_size=args.bin_size, rank=rank, world_size=world_size,
-                              num_workers=args.num_workers, keep_parts=args.keep_parts)
+                              num_workers=args.num_workers, keep_parts=args.keep_parts,
+                              overwrite=args.overwrite)
         print(f"balanced {sum(sizes.values())} instances into {len(sizes)} files in "
               f"{args.output_file}", file=sys.stderr)
         return 0
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         args.input_file, args.output_file, vocab_file=args.vocab_file, cfg=cfg,
         do_lower_case=args.do_lower_case, output_format=args.output_format,
         num_shards=args.num_shards, bin_size=args.bin_size, num_workers=args.num_workers,
-        rank=rank, world_size=world_size, progress=args.progress,
+        rank=rank, world_size=world_size, progress=args.progress, overwrite=args.overwrite,
     )
     st = res.stats
     notes = []

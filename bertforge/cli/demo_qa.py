@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bertforge.errors import ConfigError, DataError, cli_entry
+from bertforge.cli.args import ArgumentParser
+from bertforge.errors import DataError, cli_entry
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bertforge.cli.demo_qa",
+    p = ArgumentParser(prog="python -m bertforge.cli.demo_qa",
                                 description="Write a small SQuAD v1.1 set about the sample articles.")
     p.add_argument("--text_dir", required=True, help="text shards: <text_dir>/train and /holdout")
     p.add_argument("--output_dir", required=True, help="train-v1.1.json and dev-v1.1.json go here")
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences_per_context", type=int, default=4,
                    help="consecutive sentences per context paragraph")
     p.add_argument("--seed", type=int, default=12345, help="which questions are kept")
-    return p
+    return p.check(limits={"max_train": ">=0", "max_dev": ">=0", "sentences_per_context": "[1,100000]"},
+                   outputs={"output_dir": "dir"})
 
 
 @cli_entry
@@ -38,11 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     from bertforge.tasks.demo_qa import build_squad, count_questions, read_documents
 
     args = build_parser().parse_args(argv)
-    for flag in ("max_train", "max_dev"):
-        if getattr(args, flag) < 0:
-            raise ConfigError(f"--{flag} must be >= 0")
-    if args.sentences_per_context < 1:
-        raise ConfigError("--sentences_per_context must be >= 1")
     text = Path(args.text_dir)
     out = ensure_dir(args.output_dir)
     for split, sub, cap in (("train", "train", args.max_train), ("dev", "holdout", args.max_dev)):

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import CheckpointError, ConfigError, DataError, cli_entry
+from bertforge.io import read_input_bytes, read_input_text
 
 __all__ = ["Example", "MaskPrediction", "pick_examples", "FillMask", "format_example", "build_parser",
            "main"]
@@ -58,10 +60,8 @@ def _read_sentences(path: Path) -> list[str]:
         raise DataError(f"--from_text {path}: no files")
     out = []
     for f in files:
-        try:
-            out.extend(line.strip() for line in f.read_text(encoding="utf-8", errors="replace").splitlines())
-        except OSError as e:
-            raise DataError(f"--from_text {f}: cannot read ({e.strerror})") from None
+        data = read_input_bytes(f, f"--from_text {f}")
+        out.extend(line.strip() for line in data.decode("utf-8", errors="replace").splitlines())
     return [s for s in out if s]
 
 
@@ -202,7 +202,7 @@ def format_example(ex: Example, preds: list[MaskPrediction], vocab_size: int | N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bertforge.cli.fill_mask",
+    p = ArgumentParser(prog="python -m bertforge.cli.fill_mask",
                                 description="Top predictions of a pretrained BERT for [MASK] tokens.")
     a = p.add_argument
     a("--init_checkpoint", required=True,
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--top_k", type=int, default=5, help="predictions shown per [MASK]")
     a("--output", default=None, help="also write the predictions here as JSON")
     a("--device", choices=("cpu", "cuda"), default=None, help="default: CUDA when available")
-    return p
+    return p.check(limits={"num_examples": "[1,100000]", "top_k": ">=1"}, outputs={"output": "file"})
 
 
 @cli_entry
@@ -232,8 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     from bertforge.tasks.text import find_vocab
 
     args = build_parser().parse_args(argv)
-    if args.top_k < 1 or args.num_examples < 1:
-        raise ConfigError("--top_k and --num_examples must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
@@ -245,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.input_file)
         if not path.is_file():
             raise DataError(f"--input_file {path}: no such file")
-        examples = [Example(t.strip()) for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        examples = [Example(t.strip()) for t in read_input_text(path, f"--input_file {path}").splitlines()
+                    if t.strip()]
         if not examples:
             raise DataError(f"--input_file {path} is empty")
     else:
@@ -256,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
                                  args.seed, lower=args.do_lower_case)
         if not examples:
             raise DataError(f"--from_text {path}: no sentence of 8-30 plain words to mask")
-    preds = fm.predict([e.text for e in examples], args.top_k, [e.answer for e in examples])
     fillable = int((~fm.excluded).sum())
+    if args.top_k > fillable:
+        raise ConfigError(f"--top_k {args.top_k} is more than the {fillable} tokens the model "
+                          "can fill in")
+    preds = fm.predict([e.text for e in examples], args.top_k, [e.answer for e in examples])
     for ex, p in zip(examples, preds, strict=True):
         print(format_example(ex, p, fillable), flush=True)
     if args.output:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from bertforge.cli.args import ArgumentParser
+from bertforge.distributed import rank0_output_lock
 from bertforge.errors import ConfigError, cli_entry
 from bertforge.io import atomic_write_json, atomic_write_text, ensure_dir
 from bertforge.logging import Logger
@@ -31,7 +33,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_glue.py", description="BERT fine-tuning and evaluation on GLUE.")
+    p = ArgumentParser(prog="run_glue.py", description="BERT fine-tuning and evaluation on GLUE.")
     a = p.add_argument
     a("--data_dir", required=True, help="the task's GLUE directory (train.tsv, dev.tsv, ...)")
     a("--task_name", required=True, help=f"one of {', '.join(glue.TASKS)}")
@@ -62,7 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--json-summary", dest="json_summary", default=None,
       help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
     a("--skip_checkpoint", action="store_true", help="do not save the fine-tuned model")
-    return p
+    return p.check(limits=LIMITS, outputs={"output_dir": "dir", "json_summary": "file"})
+
+
+#: The range of every numeric flag (checked by bertforge.cli.args; NaN/inf never pass).
+LIMITS = {
+    "max_seq_length": "[1,1048576]", "train_batch_size": "[1,16777216]",
+    "eval_batch_size": "[1,16777216]", "learning_rate": ">0", "num_train_epochs": ">=0",
+    "warmup_proportion": "[0,1)", "gradient_accumulation_steps": "[1,16777216]",
+    "local_rank": ">=-1", "log_freq": ">=1",
+}
 
 
 def _loss(task: glue.GlueTask):
@@ -112,11 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError("nothing to do: give --do_train, --do_eval and/or --do_predict")
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data_dir {args.data_dir}: no such directory")
-    for flag in ("train_batch_size", "eval_batch_size", "max_seq_length"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
                                 local_rank=args.local_rank if args.local_rank >= 0 else None)
+    with rank0_output_lock(args.output_dir, "--output_dir", rt):
+        return _run(args, task, rt)
+
+
+def _run(args, task, rt) -> dict:
     ensure_dir(args.output_dir)
     logger = Logger(args.json_summary or Path(args.output_dir) / "dllogger.json") if rt.is_main else \
         Logger(None, stdout=False)
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              head=("classifier.*",), training=args.do_train,
                                              config_file=args.config_file, num_labels=task.num_labels)
     finetune.check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,
-                              vocab_file=vocab_file)
+                              vocab_file=vocab_file, pairs=task.text_b is not None)
     logger.log("PARAMETER", {"task": task.name, "bert_model": args.bert_model or "",
                              "init_checkpoint": str(args.init_checkpoint), "load": report.summary(),
                              "precision": rt.precision.name, "world_size": rt.world_size})

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import ConfigError, DataError, cli_entry
-from bertforge.io import atomic_write_json
+from bertforge.io import atomic_write_json, read_input_text
 from bertforge.model.bert import BertForQuestionAnswering
 from bertforge.precision import Precision
 from bertforge.tasks import squad
@@ -33,7 +34,7 @@ __all__ = ["build_parser", "main", "read_batch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inference.py", description="Question answering with a fine-tuned BERT.")
+    p = ArgumentParser(prog="inference.py", description="Question answering with a fine-tuned BERT.")
     a = p.add_argument
     a("--init_checkpoint", required=True, help="fine-tuned QA weights: a .pt/.bin file or an HF directory")
     a("--bert_model", default=None,
@@ -61,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=1, help="torch seed (inference is deterministic; kept for NVIDIA's flag)")
     a("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
       help="CUDA device index to use (NVIDIA's flag)")
-    return p
+    return p.check(limits=LIMITS, outputs={"output": "file"})
+
+
+#: The range of every numeric flag (checked by bertforge.cli.args; NaN/inf never pass).
+LIMITS = {
+    "max_seq_length": "[1,1048576]", "doc_stride": ">=1", "max_query_length": ">=1",
+    "n_best_size": "[1,100000]", "max_answer_length": ">=1", "batch_size": "[1,16777216]",
+    "local_rank": ">=-1",
+}
 
 
 def read_batch(path: str | os.PathLike) -> list[dict]:
@@ -70,7 +79,7 @@ def read_batch(path: str | os.PathLike) -> list[dict]:
     if not p.is_file():
         raise DataError(f"--json {p}: no such file")
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        obj = json.loads(read_input_text(p, f"--json {p}"))
     except json.JSONDecodeError as e:
         raise DataError(f"--json {p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if isinstance(obj, dict) and "data" in obj:
@@ -101,12 +110,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ConfigError("--json cannot be combined with --question/--context")
     if args.output and not args.json_file:
         raise ConfigError("--output goes with --json")
-    for flag in ("batch_size", "max_answer_length"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     torch.manual_seed(args.seed)
     items = read_batch(args.json_file) if args.json_file else \
         [{"id": "0", "question": args.question, "context": args.context}]
+    for it in items:  # an empty text would be answered "with probability 1.0"
+        for field in ("question", "context"):
+            if not it[field].strip():
+                raise ConfigError(f"--json {args.json_file}: item {it['id']}: the {field} is empty"
+                                  if args.json_file else f"--{field} is empty")
     device = _device(args)
     precision = Precision.from_flags(args.fp16, args.bf16, device)
     vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)

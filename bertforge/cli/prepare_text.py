@@ -15,13 +15,14 @@ import argparse
 import sys
 import time
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import cli_entry
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bertforge.cli.prepare_text",
+    p = ArgumentParser(prog="python -m bertforge.cli.prepare_text",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True,
                    help="dump(s) (.xml.bz2/.xml), .txt/.jsonl file(s) or folder(s)")
@@ -35,17 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=1, help="extraction processes")
     p.add_argument("--min_sentences", type=int, default=1,
                    help="drop documents with fewer sentences")
-    return p
+    return p.check(limits={"num_shards": "[1,1048576]", "holdout_fraction": "[0,1)",
+                           "num_holdout_shards": "[1,1048576]", "num_workers": "[1,1024]",
+                           "min_sentences": ">=0"},
+                   outputs={"output_dir": "dir"})
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     from bertforge.data.text import read_corpus, write_text_shards
-    from bertforge.errors import UserError
 
     args = build_parser().parse_args(argv)
-    if args.num_workers < 1:
-        raise UserError(f"--num_workers must be >= 1, got {args.num_workers}")
     t0 = time.perf_counter()
     docs, stats = read_corpus(args.input, num_workers=args.num_workers,
                               text_field=args.text_field)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import cli_entry
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bertforge.cli.prepare_vocab",
+    p = ArgumentParser(prog="python -m bertforge.cli.prepare_vocab",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="text file(s) or folder(s)")
     p.add_argument("--output", required=True, help="vocab.txt to write")
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="uncased vocabulary (default)")
     case.add_argument("--no_lower_case", dest="lowercase", action="store_false",
                       help="cased vocabulary")
-    return p
+    return p.check(limits={"vocab_size": "[1,16777216]", "min_frequency": ">=0",
+                           "limit_alphabet": "[0,16777216]"},
+                   outputs={"output": "file"})
 
 
 @cli_entry

@@ -16,6 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import UserError, cli_entry
 from bertforge.io import atomic_path
 
@@ -61,10 +62,10 @@ def fetch_wiki_sample(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bertforge.cli.prepare_wiki_sample",
+    p = ArgumentParser(prog="python -m bertforge.cli.prepare_wiki_sample",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--cache_dir", default=None, help="default ~/.cache/bertforge")
-    return p
+    return p.check(outputs={"cache_dir": "dir"})
 
 
 @cli_entry

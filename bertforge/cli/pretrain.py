@@ -13,7 +13,9 @@ batch is ``train_batch_size * world_size``. These derived values are computed
 from __future__ import annotations
 
 import argparse
+import math
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import cli_entry
 from bertforge.optim import OPTIMIZERS
 
@@ -26,13 +28,20 @@ def _int_like(s: str) -> int:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
+    if v.is_integer() and abs(v) >= 2**53:  # beyond float precision: read it as an integer
+        try:
+            return int(s)
+        except ValueError:
+            return int(v)
     if v != int(v):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}")
     return int(v)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="run_pretraining.py",
         description="BERT pretraining (MLM + NSP) with LAMB, two phases, mixed precision, "
                     "gradient accumulation, DDP and exact resume.")
@@ -128,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json-summary", "--json_summary", dest="json_summary", default=None,
                    help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
     g.add_argument("--tensorboard_dir", default=None,
-                   help="also write TensorBoard scalars there (needs the tensorboard package)")
+                   help="also write TensorBoard scalars there (needs the tensorboard package: "
+                        "pip install 'bertforge[tensorboard]')")
     g.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
     g.add_argument("--local_rank", "--local-rank", type=int, default=-1,
                    help="set by the legacy torch.distributed.launch; LOCAL_RANK takes precedence")
@@ -136,7 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a collective may wait for a dead rank before failing")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="force the device (default: CUDA when available)")
-    return p
+    return p.check(limits=LIMITS, outputs={"output_dir": "dir", "json_summary": "file",
+                                           "tensorboard_dir": "dir"})
+
+
+#: The range of every numeric flag (checked by bertforge.cli.args; NaN/inf never pass).
+LIMITS = {
+    "max_seq_length": "[1,1048576]", "max_predictions_per_seq": "[1,1048576]",
+    "num_workers": "[0,1024]", "eval_freq": ">=0", "num_eval_batches": ">=1",
+    "eval_batch_size": "[1,1048576]", "train_batch_size": "[1,16777216]",
+    "gradient_accumulation_steps": "[1,16777216]", "learning_rate": ">0", "max_steps": ">=1",
+    "warmup_proportion": "[0,1)", "weight_decay": ">=0", "max_grad_norm": ">=0",
+    "init_loss_scale": ">0", "resume_step": ">=0", "num_steps_per_checkpoint": ">=1",
+    "keep_checkpoints": ">=1", "phase1_end_step": ">=0", "steps_this_run": ">=1",
+    "log_freq": ">=1", "local_rank": ">=0", "dist_timeout": ">0",
+}
 
 
 @cli_entry

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge.cli.args import ArgumentParser
+from bertforge.distributed import rank0_output_lock
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
 from bertforge.io import atomic_path, atomic_write_json, ensure_dir
 from bertforge.logging import Logger
@@ -39,7 +41,7 @@ _CACHED_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_position
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_squad.py", description="BERT fine-tuning and prediction on SQuAD.")
+    p = ArgumentParser(prog="run_squad.py", description="BERT fine-tuning and prediction on SQuAD.")
     a = p.add_argument
     a("--init_checkpoint", required=True,
       help="weights to start from: a bertforge/NVIDIA .pt file or an HF directory")
@@ -80,8 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
       help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
     a("--skip_checkpoint", action="store_true", help="do not save the fine-tuned model")
     a("--skip_cache", action="store_true", help="do not write the training-feature cache")
-    a("--cache_dir", default=None, help="where to cache training features (default: next to --train_file)")
-    return p
+    a("--cache_dir", default=None,
+      help="where to cache training features (default: next to --train_file when that folder "
+           "is yours and writable, as NVIDIA's code does, else --output_dir)")
+    return p.check(limits=LIMITS, outputs={"output_dir": "dir", "json_summary": "file", "cache_dir": "dir"})
+
+
+#: The range of every numeric flag (checked by bertforge.cli.args; NaN/inf never pass).
+LIMITS = {
+    "max_seq_length": "[1,1048576]", "doc_stride": ">=1", "max_query_length": ">=1",
+    "train_batch_size": "[1,16777216]", "predict_batch_size": "[1,16777216]",
+    "learning_rate": ">0", "num_train_epochs": ">=0", "warmup_proportion": "[0,1)",
+    "n_best_size": "[1,100000]", "max_answer_length": ">=1",
+    "gradient_accumulation_steps": "[1,16777216]", "local_rank": ">=-1", "log_freq": ">=1",
+}
 
 
 def _validate(args) -> None:
@@ -97,9 +111,6 @@ def _validate(args) -> None:
         path = getattr(args, flag)
         if path and not Path(path).is_file():
             raise DataError(f"--{flag} {path}: no such file")
-    for flag in ("train_batch_size", "predict_batch_size", "max_seq_length", "doc_stride"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
 
 
 def _cache_path(args, vocab_file: str) -> Path:
@@ -115,8 +126,20 @@ def _cache_path(args, vocab_file: str) -> Path:
     model = Path((args.bert_model or "bert").rstrip("/")).name or "bert"
     name = (f"{train.name}_{model}_{args.max_seq_length}_{args.doc_stride}_{args.max_query_length}"
             f"_{digest}.npz")
-    directory = Path(args.cache_dir) if args.cache_dir else train.parent
-    return directory / name
+    if args.cache_dir:
+        return Path(args.cache_dir) / name
+    if _yours_and_writable(train.parent):
+        return train.parent / name  # NVIDIA's default
+    return Path(args.output_dir) / name
+
+
+def _yours_and_writable(folder: Path) -> bool:
+    """A folder this user owns and may write: a shared dataset folder (another user's, or a
+    read-only mount) is not cluttered with per-user caches."""
+    try:
+        return folder.stat().st_uid == os.getuid() and os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        return False
 
 
 def _train_arrays(args, tokenizer, vocab_file: str, rt, logger) -> dict[str, np.ndarray]:
@@ -148,6 +171,7 @@ def _train_arrays(args, tokenizer, vocab_file: str, rt, logger) -> dict[str, np.
                 np.savez(fh, **arrays)
             if logger:
                 logger.log("PARAMETER", {"cached_train_features_file": str(cache)})
+            print(f"training features cached in {cache}", flush=True)
         except (OSError, UserError) as e:  # e.g. a read-only data directory: run without a cache
             print(f"note: not caching training features ({e}); use --cache_dir", flush=True)
     return arrays
@@ -207,6 +231,11 @@ def main(argv: list[str] | None = None) -> dict:
     _validate(args)
     rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
                                 local_rank=args.local_rank if args.local_rank >= 0 else None)
+    with rank0_output_lock(args.output_dir, "--output_dir", rt):
+        return _run(args, rt)
+
+
+def _run(args, rt) -> dict:
     ensure_dir(args.output_dir)
     logger = Logger(args.json_summary or Path(args.output_dir) / "dllogger.json") if rt.is_main else \
         Logger(None, stdout=False)

@@ -11,6 +11,14 @@ Several tasks (``--rank/--world_size``, default SLURM_PROCID/SLURM_NTASKS): each
 writes its files' instances to ``<output>/.parts/`` and a manifest; then the balance step
 (:func:`balance_parts`, ``create_pretraining_data.py --balance``) makes the same final
 shards a single task would have made.
+
+A dataset is replaced only as a whole: the shards are written into a temporary folder
+beside the output (``.<name>.tmp-*``, or ``.<name>.balance-<W>`` for the tasks of a
+balance step) and swapped in when complete, so a run that fails (a full disk, a kill)
+leaves the previous dataset as it was. An output that already holds a dataset is refused
+unless ``overwrite`` (``--overwrite``) is given; one holding other files always is. The
+output is locked meanwhile (``.<name>.lock`` beside it, :mod:`bertforge.outputs`):
+exclusively by a single-task run, shared by the tasks of a multi-task run.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -47,6 +56,7 @@ from bertforge.data.text import (
 from bertforge.data.vocab import load_vocab
 from bertforge.errors import DataError, UserError
 from bertforge.io import atomic_path, atomic_write_json, ensure_dir
+from bertforge.outputs import OutputLock, atomic_dir, check_output_path, output_lock, swap_in
 
 __all__ = [
     "InputUnit",
@@ -300,14 +310,50 @@ def _write_one(job) -> tuple[str, int]:
 _SHARD_RE = re.compile(rf"^(shard-\d+\.parquet(_\d+)?|{HDF5_PREFIX}_\d+\.hdf5)$")
 
 
+def _is_single_file(out: Path, output_format: str) -> bool:
+    return output_format == "hdf5" and out.suffix in (".hdf5", ".h5")
+
+
+def _is_dataset_file(name: str) -> bool:
+    return bool(_SHARD_RE.match(name)) or name in (".num_samples.json", DATA_META, _PARTS) \
+        or name.endswith((".hdf5", ".h5")) or ".parquet" in name
+
+
+def refuse_existing_output(out: Path, *, overwrite: bool, single: bool, parts: bool = False) -> None:
+    """UserError unless ``out`` may receive a new dataset: absent or empty, or holding a
+    dataset and ``overwrite``; never when it holds files that are not part of a dataset.
+    ``parts``: this run's own per-task parts (``.parts``) do not count as a dataset."""
+    if single:
+        if out.exists() and not overwrite:
+            raise UserError(f"--output_file {out} exists; pass --overwrite to replace it (the old "
+                            "file stays until the new one is complete)")
+        return
+    if not out.is_dir():
+        return
+    names = [p.name for p in out.iterdir() if not (p.name.startswith(".") and ".tmp-" in p.name)]
+    other = sorted(n for n in names if not _is_dataset_file(n))
+    if other:
+        raise UserError(f"--output_file {out} holds files that are not part of a dataset "
+                        f"({', '.join(other[:3])}{' ...' if len(other) > 3 else ''}); give a new "
+                        "or empty folder")
+    data = sorted(n for n in names if n != _PARTS or not parts)
+    if data and not overwrite:
+        shards = [n for n in data if not n.startswith(".")]
+        raise UserError(f"--output_file {out} already holds a dataset ({len(shards)} shard "
+                        f"file(s)); pass --overwrite to replace it (the old one stays until the "
+                        "new one is complete)")
+
+
 def write_shards(instances: InstanceSet, output: str | os.PathLike, *, output_format: str,
                  num_shards: int, seed: int, vocab_tokens: Sequence[str],
                  bin_size: int | None = None, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 1, meta: dict | None = None) -> dict[str, int]:
+                 num_workers: int = 1, meta: dict | None = None,
+                 finalize: bool = True) -> dict[str, int]:
     """Cut ``instances`` into the final shards and write this rank's share.
 
-    ``output`` is a directory, or for one HDF5 shard a file ending in .hdf5/.h5.
-    Rank 0 also removes stale shards of an earlier run and writes ``.num_samples.json``.
+    ``output`` is a directory (a fresh one: see :func:`create_pretraining_shards`), or for
+    one HDF5 shard a file ending in .hdf5/.h5. With ``finalize`` (one writer) also
+    ``.num_samples.json`` and the settings (:data:`DATA_META`), last.
     Returns {file name: rows} of all shards (every rank computes the same plan).
     """
     out = Path(output)
@@ -329,10 +375,6 @@ def write_shards(instances: InstanceSet, output: str | os.PathLike, *, output_fo
                       max_seq_length=instances.max_seq_length,
                       single_file=None if single is None else out.name)
     sizes = {name: len(rows) for name, rows, _ in plan}
-    if rank == 0 and single is None:
-        for f in out_dir.iterdir():
-            if _SHARD_RE.match(f.name) and f.name not in sizes:
-                f.unlink()
     mine = [job for i, job in enumerate(plan) if i % world_size == rank]
     for name, _, _ in mine:  # temp files of this rank's shards left by a killed earlier run
         for f in out_dir.glob(f".{name}.tmp-*"):
@@ -357,11 +399,15 @@ def write_shards(instances: InstanceSet, output: str | os.PathLike, *, output_fo
         raise _worker_died("writing the shards") from None
     finally:
         _WRITE_STATE.clear()
-    if rank == 0 and single is None:
-        atomic_write_json(out_dir / ".num_samples.json", sizes, indent=None)
-        if meta is not None:
-            atomic_write_json(out_dir / DATA_META, meta)
+    if finalize and single is None:
+        _finalize(out_dir, sizes, meta)
     return sizes
+
+
+def _finalize(out_dir: Path, sizes: dict[str, int], meta: dict | None) -> None:
+    atomic_write_json(out_dir / ".num_samples.json", sizes, indent=None)
+    if meta is not None:
+        atomic_write_json(out_dir / DATA_META, meta)
 
 
 # ----------------------------------------------------------------------------- parts
@@ -394,8 +440,8 @@ def write_parts(sets: Sequence[tuple[str, InstanceSet]], output: str | os.PathLi
 
 def balance_parts(output: str | os.PathLike, *, output_format: str, num_shards: int,
                   vocab_file: str, bin_size: int | None = None, rank: int = 0,
-                  world_size: int = 1, num_workers: int = 1, keep_parts: bool = False
-                  ) -> dict[str, int]:
+                  world_size: int = 1, num_workers: int = 1, keep_parts: bool = False,
+                  overwrite: bool = False) -> dict[str, int]:
     """The balance step: per-task parts in ``<output>/.parts`` -> the final shards.
 
     Checks that every task of the creating run finished (all manifests present) and that
@@ -441,15 +487,59 @@ def balance_parts(output: str | os.PathLike, *, output_format: str, num_shards: 
             InstanceSet.empty(cfg["max_seq_length"],
                               cfg["max_predictions_per_seq"] if cfg["masking"] == "static" else 0))
     vocab = check_pretraining_vocab(vocab_file)
-    result = write_shards(inst, out, output_format=output_format, num_shards=num_shards,
-                          seed=cfg["random_seed"], vocab_tokens=list(vocab), bin_size=bin_size,
-                          rank=rank, world_size=world_size, num_workers=num_workers,
-                          meta={**ref, "output_format": output_format, "bin_size": bin_size})
-    if world_size == 1 and not keep_parts:
-        for f in pdir.iterdir():
-            f.unlink()
-        pdir.rmdir()
+    meta = {**ref, "output_format": output_format, "bin_size": bin_size}
+    kw = dict(output_format=output_format, num_shards=num_shards, seed=cfg["random_seed"],
+              vocab_tokens=list(vocab), bin_size=bin_size, num_workers=num_workers)
+    single = _is_single_file(out, output_format)
+    with output_lock(out, "--output_file", sibling=True, shared=True):
+        refuse_existing_output(out, overwrite=overwrite, single=single, parts=True)
+        if single:  # one file, written atomically by one task
+            result = write_shards(inst, out, meta=meta, **kw)
+            if not keep_parts:
+                shutil.rmtree(pdir, ignore_errors=True)
+            return result
+        # Every task writes its shards into one folder beside the output; the last to finish
+        # swaps it in whole, so the output never holds half a dataset.
+        work = out.parent / f".{out.name}.balance-{world_size}"
+        ensure_dir(work, "balance folder")
+        with OutputLock(work / f".rank-{rank}.lock", out, "--output_file"):
+            result = write_shards(inst, work, rank=rank, world_size=world_size, finalize=False, **kw)
+            digest = hashlib.sha256(json.dumps([metas, num_shards, output_format, bin_size],
+                                               sort_keys=True).encode()).hexdigest()[:16]
+            atomic_write_json(work / f".done-{rank}", {"parts": digest})
+        _finish_balance(work, out, world_size, digest, result, meta, pdir if keep_parts else None)
     return result
+
+
+def _finish_balance(work: Path, out: Path, world_size: int, digest: str, sizes: dict[str, int],
+                    meta: dict, keep_parts: Path | None) -> None:
+    """Swap ``work`` in as ``out`` if every task of the balance step has written its shards
+    (each leaves ``.done-<rank>`` naming the parts it balanced); else a later task will."""
+    import fcntl
+
+    try:
+        fd = os.open(work / ".finish.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except FileNotFoundError:
+        return  # another task has finished it
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # one task at a time checks (a short wait)
+        if not work.is_dir():
+            return
+        for r in range(world_size):
+            try:
+                if json.loads((work / f".done-{r}").read_text()).get("parts") != digest:
+                    return
+            except (OSError, ValueError, AttributeError):
+                return
+        _finalize(work, sizes, meta)
+        for f in work.glob(".*"):
+            if f.name.startswith((".done-", ".rank-", ".finish.lock")):
+                f.unlink(missing_ok=True)
+        if keep_parts is not None and keep_parts.is_dir():
+            os.replace(keep_parts, work / _PARTS)
+        swap_in(work, out)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -459,11 +549,12 @@ def create_pretraining_shards(
     inputs, output: str | os.PathLike, *, vocab_file: str, cfg: InstanceConfig,
     do_lower_case: bool = True, output_format: str = "hdf5", num_shards: int = 0,
     bin_size: int | None = None, num_workers: int = 1, rank: int = 0, world_size: int = 1,
-    progress: bool | None = None,
+    progress: bool | None = None, overwrite: bool = False,
 ) -> CreateResult:
     """Text files -> final shards (one task) or this task's parts (several tasks).
 
-    ``num_shards=0`` means one shard per input file.
+    ``num_shards=0`` means one shard per input file. An output holding a dataset is
+    replaced (whole, once the new one is complete) only with ``overwrite``.
     """
     t0 = time.perf_counter()
     if output_format not in ("hdf5", "parquet"):
@@ -473,12 +564,34 @@ def create_pretraining_shards(
                         "unmasked (dynamic masking) data")
     if output_format == "hdf5" and bin_size is not None:
         raise UserError("--bin_size applies to Parquet output only")
+    out = Path(output)
+    single = _is_single_file(out, output_format)
+    check_output_path(out, "--output_file", "file" if single else "dir")
     vocab = check_pretraining_vocab(vocab_file)
     units = input_units(inputs)
     n_shards = num_shards or len(units)
-    out = Path(output)
-    # fail on an unwritable output before the work
-    ensure_dir(out.parent if out.suffix in (".hdf5", ".h5") and str(out.parent) else out)
+    if world_size == 1:
+        lock = output_lock(out, "--output_file", sibling=True)
+    else:  # tasks share the output; each holds its own part of .parts
+        lock = output_lock(out, "--output_file", sibling=True, shared=True)
+    with lock:
+        refuse_existing_output(out, overwrite=overwrite, single=single, parts=world_size > 1)
+        if world_size > 1:
+            pdir = ensure_dir(_parts_dir(out), "parts directory")
+            with OutputLock(pdir / f".rank-{rank}-of-{world_size}.lock", out, "--output_file"):
+                return _create(units, out, vocab, vocab_file, cfg, t0, do_lower_case=do_lower_case,
+                               output_format=output_format, n_shards=n_shards, bin_size=bin_size,
+                               num_workers=num_workers, rank=rank, world_size=world_size,
+                               progress=progress)
+        return _create(units, out, vocab, vocab_file, cfg, t0, do_lower_case=do_lower_case,
+                       output_format=output_format, n_shards=n_shards, bin_size=bin_size,
+                       num_workers=num_workers, rank=rank, world_size=world_size,
+                       progress=progress)
+
+
+def _create(units, out: Path, vocab, vocab_file, cfg: InstanceConfig, t0: float, *,
+            do_lower_case: bool, output_format: str, n_shards: int, bin_size: int | None,
+            num_workers: int, rank: int, world_size: int, progress: bool | None) -> CreateResult:
     mine = assign_units(units, rank, world_size)
     sets, stats = create_instance_sets(mine, cfg, vocab_file=str(vocab_file),
                                        do_lower_case=do_lower_case, num_workers=num_workers,
@@ -490,13 +603,20 @@ def create_pretraining_shards(
         inst = (concat_instance_sets([s for _, s in sets]) if sets
                 else InstanceSet.empty(cfg.max_seq_length, cfg.num_predictions))
         if len(inst) == 0:
-            raise DataError(f"no instances could be made from {inputs} (empty input, or "
-                            "documents too short)")
-        res.shards = write_shards(inst, out, output_format=output_format, num_shards=n_shards,
-                                  seed=cfg.random_seed, vocab_tokens=list(vocab),
-                                  bin_size=bin_size, num_workers=num_workers,
-                                  meta={**meta, "output_format": output_format,
-                                        "bin_size": bin_size})
+            names = ", ".join(str(u.path) for u in units[:3]) + (" ..." if len(units) > 3 else "")
+            raise DataError(
+                f"no instances could be made from {names}: {stats.documents} document(s) with "
+                f"{stats.sentences} sentence(s) in all; an instance needs two sentences (of one "
+                "document, or of two): Google's format is one sentence per line and a blank "
+                "line between documents")
+        kw = dict(output_format=output_format, num_shards=n_shards, seed=cfg.random_seed,
+                  vocab_tokens=list(vocab), bin_size=bin_size, num_workers=num_workers,
+                  meta={**meta, "output_format": output_format, "bin_size": bin_size})
+        if _is_single_file(out, output_format):
+            res.shards = write_shards(inst, out, **kw)
+        else:
+            with atomic_dir(out, "--output_file") as tmp:  # swapped in whole when complete
+                res.shards = write_shards(inst, tmp, **kw)
     else:
         res.parts_dir = write_parts(sets, out, rank=rank, world_size=world_size, meta=meta)
     res.seconds = time.perf_counter() - t0

@@ -36,7 +36,16 @@ import numpy as np
 from bertforge.data.instances import InstanceConfig, file_seed, mask_instances
 from bertforge.errors import DataError
 
-__all__ = ["PretrainingDataLoader", "discover_shards", "load_shard_arrays"]
+__all__ = ["PretrainingDataLoader", "discover_shards", "load_shard_arrays", "LoaderStateMismatch"]
+
+
+class LoaderStateMismatch(DataError):
+    """A saved loader position that does not fit this loader: ``key`` differs (``batch_size``,
+    ``seed``, ``world_size``, ``files``, ``bins``, ``format``), ``saved`` vs ``current``."""
+
+    def __init__(self, key: str, saved, current) -> None:
+        super().__init__(f"loader state has {key}={saved}, this loader {current}")
+        self.key, self.saved, self.current = key, saved, current
 
 _PARQUET_RE = re.compile(r"\.parquet(_(\d+))?$")
 
@@ -184,6 +193,11 @@ class PretrainingDataLoader:
             from bertforge.data.vocab import load_vocab
 
             self.vocab = load_vocab(vocab_file, required=("[CLS]", "[SEP]", "[MASK]"))
+        pq = [f for f in files if _is_parquet(f)]
+        if pq and len(pq) < len(files):
+            h5 = next(f for f in files if not _is_parquet(f))
+            raise DataError(f"the shards mix HDF5 ({h5}) and Parquet ({pq[0]}): one data set per "
+                            "folder, in one format")
         if any(_is_parquet(f) for f in files) and self.vocab is None:
             raise DataError("Parquet shards hold tokens as text: vocab_file is required")
         if masking == "dynamic" and self.vocab is None:
@@ -207,6 +221,7 @@ class PretrainingDataLoader:
         self._step = 0
         self._taken = [0] * len(self._bins)
         self._cached: dict[int, tuple[str, dict]] = {}  # bin -> its current shard
+        self._first_shape: dict[int, tuple[str, tuple]] = {}  # bin -> (a shard, its L and P)
         self._perm_cache: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------ sizes and order
@@ -270,6 +285,14 @@ class PretrainingDataLoader:
         if hit is not None and hit[0] == path:
             return hit[1]
         arrays = load_shard_arrays(path, self.vocab)
+        if not _is_parquet(path):  # HDF5 rows are padded to the shard's max_seq_length
+            shape = (arrays["input_ids"].shape[1], arrays["masked_lm_positions"].shape[1])
+            first, first_shape = self._first_shape.setdefault(bi, (path, shape))
+            if shape != first_shape:
+                raise DataError(f"the shards were made with different settings: {first} has "
+                                f"max_seq_length {first_shape[0]} and max_predictions_per_seq "
+                                f"{first_shape[1]}, {path} {shape[0]} and {shape[1]}; keep one "
+                                "data set per folder")
         self._cached[bi] = (path, arrays)
         return arrays
 
@@ -437,12 +460,19 @@ class PretrainingDataLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (same files, seed, rank split and batch size)."""
+        if not isinstance(state, dict) or not {"epoch", "step", "taken"} <= set(state):
+            raise LoaderStateMismatch("format", sorted(state) if isinstance(state, dict) else
+                                      type(state).__name__, "epoch, step, taken")
         for k in ("seed", "world_size", "batch_size", "num_files"):
             mine = self.seed if k == "seed" else self.world_size if k == "world_size" else \
                 self.batch_size if k == "batch_size" else sum(len(b.files) for b in self._bins)
             if k in state and state[k] != mine:
-                raise DataError(f"loader state has {k}={state[k]}, this loader {mine}")
+                raise LoaderStateMismatch(k, state[k], mine)
+        saved_files = {n for b in state.get("bins", []) for n in b.get("order", [])}
+        my_files = {os.path.basename(f) for b in self._bins for f in b.files}
+        if saved_files - my_files:  # shards the saved position refers to are not here
+            raise LoaderStateMismatch("files", min(saved_files - my_files), min(my_files))
         taken = list(state["taken"])
         if len(taken) != len(self._bins):
-            raise DataError(f"loader state has {len(taken)} bins, the shards {len(self._bins)}")
+            raise LoaderStateMismatch("bins", len(taken), len(self._bins))
         self._set_pos({"epoch": int(state["epoch"]), "step": int(state["step"]), "taken": taken})

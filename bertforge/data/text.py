@@ -309,13 +309,27 @@ def _show_progress(progress: bool | None) -> bool:
 # ----------------------------------------------------------------------------- text files
 
 
+def _decode_text(p: Path, data: bytes) -> tuple[str, int]:
+    """UTF-8 text with undecodable bytes replaced (counted); DataError for a binary file: a
+    NUL byte, or more than 10% of its bytes undecodable (random bytes would otherwise
+    become thousands of garbage instances)."""
+    nul = data.find(b"\x00", 0, 1 << 20)
+    if nul >= 0:
+        raise DataError(f"input file {p} is a binary file, not text (a NUL byte at offset {nul})")
+    text, bad = decode_utf8_counting(data)
+    if bad * 10 > len(data):
+        raise DataError(f"input file {p} is not text: {bad} of its {len(data)} bytes are not "
+                        "UTF-8 (a binary file?)")
+    return text, bad
+
+
 def read_text_documents(path: str | os.PathLike) -> tuple[list[Document], ReadStats]:
     """Read a text file in Google's format (``.txt``, or ``.txt.bz2``).
 
     One sentence per line, blank lines between documents. Lines are stripped.
     """
     p = Path(path)
-    text, bad = decode_utf8_counting(_read_bytes(p))
+    text, bad = _decode_text(p, _read_bytes(p))
     docs: list[Document] = []
     cur: list[str] = []
     # Lines end at "\n" only: str.splitlines() would also break a sentence at \x0b, \x0c,
@@ -343,7 +357,7 @@ def read_jsonl_documents(path: str | os.PathLike, text_field: str = "text"
     ``text_field`` raises DataError naming the file and line.
     """
     p = Path(path)
-    text, bad = decode_utf8_counting(_read_bytes(p))
+    text, bad = _decode_text(p, _read_bytes(p))
     docs: list[Document] = []
     for i, line in enumerate(text.split("\n")):  # JSON strings may hold a raw \u2028
         if not line.strip():

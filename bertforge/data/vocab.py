@@ -11,7 +11,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from bertforge.errors import DataError
-from bertforge.io import atomic_path
+from bertforge.io import atomic_path, read_input_bytes
+
+#: A vocab file above this size is not one (Google's multilingual vocab is ~1 MB).
+MAX_VOCAB_BYTES = 256 * 2**20
 
 __all__ = ["SPECIAL_TOKENS", "load_vocab", "train_wordpiece_vocab", "write_vocab"]
 
@@ -29,14 +32,9 @@ def load_vocab(
     of ``required``.
     """
     path = Path(vocab_file)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"vocab file {path} does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"vocab file {path} is a directory") from None
-    except OSError as e:
-        raise DataError(f"cannot read vocab file {path}: {e.strerror}") from None
+    if not path.exists():
+        raise DataError(f"vocab file {path} does not exist")
+    data = read_input_bytes(path, f"vocab file {path}", max_bytes=MAX_VOCAB_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

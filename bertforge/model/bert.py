@@ -29,7 +29,8 @@ Fast paths, all exact up to float reassociation (parity tests in tests/unit):
   fused blocks run x W^T and dL/dx on oneDNN's GEMM, 1.4-1.9x faster than MKL's on the AMD
   CPUs measured; ``BERTFORGE_CPU_GEMM=aten`` or ``gemm.set_backend("aten")`` turns it off.
 
-This module imports only torch (and, through dropout.py and gemm.py, numpy and bertforge.errors).
+This module imports only torch (and, through dropout.py and gemm.py, numpy and bertforge.errors;
+bertforge.memory checks a config's size before its weights are allocated).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bertforge.memory import require_model_memory
 from bertforge.model.dropout import FastDropout, dropout_add, fast_dropout, scaled_mask
 from bertforge.model.fused import (
     GELU_APPROXIMATE,
@@ -375,6 +377,7 @@ class BertPreTrainedModel(nn.Module):
         super().__init__()
         self.config = config
         gemm_backend()  # a bad BERTFORGE_CPU_GEMM fails here, before data or weights load
+        require_model_memory(config, what="model config")  # before any weight is allocated
 
     def init_weights(self) -> None:
         std = self.config.initializer_range

@@ -18,7 +18,7 @@ import fnmatch
 import json
 import os
 import pickle
-import zipfile
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,14 +56,16 @@ def torch_load(path: str | os.PathLike, trust: bool = False) -> object:
         raise CheckpointError(f"checkpoint {p} does not exist" if not p.exists()
                               else f"checkpoint {p} is not a file")
     try:
-        return torch.load(p, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():  # a pickle that is no torch file: refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         from bertforge.checkpoint import unpickling_refusal
 
         raise unpickling_refusal(p, e, hint=" (if you trust its origin, convert it once with "
                                           "`python -m bertforge.convert --trust_checkpoint`, "
                                           "which lets the file run code)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError ... on random bytes
         msg = " ".join(str(e).split())[:200] or type(e).__name__
         raise CheckpointError(f"checkpoint {p} is truncated or not a torch checkpoint: {msg}") from None
 
@@ -128,6 +130,10 @@ def read_state_dict(path: str | os.PathLike, trust: bool = False) -> tuple[dict[
     return _state_dict_from(obj, p), config
 
 
+#: Entries with one row per vocabulary token (the only ones padding may change).
+_VOCAB_KEYS = ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight",
+               "cls.predictions.decoder.weight", "cls.predictions.bias", "cls.predictions.decoder.bias")
+
 _RENAMES = (
     ("LayerNorm.gamma", "LayerNorm.weight"),
     ("LayerNorm.beta", "LayerNorm.bias"),
@@ -143,7 +149,9 @@ def normalize_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[
     - adds ``bert.`` to bare-encoder checkpoints (HF ``BertModel``) loaded into a task model;
     - drops non-persistent buffers some exports carry (``position_ids``);
     - pads or trims vocabulary-sized rows (embeddings, decoder, MLM bias) to the model's size
-      when only padding differs (rows beyond the real vocab are never used by the tokenizer).
+      when only padding differs: the checkpoint holds every row of the model's real vocab and
+      at most NVIDIA's padding to a multiple of 8 beyond it (30528 -> 30522). Any other
+      difference is left for :func:`load_state_dict_strict` to refuse, naming both sizes.
     """
     expected = model.state_dict()
     has_bert = any(k.startswith("bert.") for k in expected)
@@ -161,14 +169,15 @@ def normalize_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[
         if not has_bert and k.startswith("bert."):
             k = k[len("bert."):]
         out[k] = v
-    vocab_keys = ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight",
-                  "cls.predictions.decoder.weight", "cls.predictions.bias", "cls.predictions.decoder.bias")
+    vocab_keys = _VOCAB_KEYS
     real_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     for k in vocab_keys:
         if k in out and k in expected and out[k].shape != expected[k].shape:
             have, want = out[k], expected[k]
-            if have.shape[1:] != want.shape[1:] or real_vocab is None or min(have.shape[0], want.shape[0]) < real_vocab:
-                continue  # a genuine mismatch; reported by load_state_dict_strict
+            if (have.shape[1:] != want.shape[1:] or real_vocab is None
+                    or min(have.shape[0], want.shape[0]) < real_vocab
+                    or have.shape[0] > max(want.shape[0], pad_vocab_size(real_vocab, 8))):
+                continue  # a genuine mismatch; refused by load_state_dict_strict
             if have.shape[0] > want.shape[0]:
                 out[k] = have[: want.shape[0]]
             else:
@@ -230,6 +239,16 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], *, sou
         raise CheckpointError(f"{source} does not match the model ({'; '.join(parts)})")
     shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    vocab_key = next((k for k in _VOCAB_KEYS if k in sd and k in expected
+                      and sd[k].shape[1:] == expected[k].shape[1:]
+                      and sd[k].shape[0] != expected[k].shape[0]), None)
+    if vocab_key is not None:
+        have, want = sd[vocab_key].shape[0], expected[vocab_key].shape[0]
+        real = getattr(getattr(model, "config", None), "vocab_size", want)
+        raise CheckpointError(
+            f"{source} has a vocabulary of {have} rows but the model's config has vocab_size "
+            f"{real}: only NVIDIA's padding rows (up to {pad_vocab_size(real, 8)}) may be dropped "
+            "or added; use the config the checkpoint was made with")
     if shapes:
         raise CheckpointError(f"{source} has wrong shapes: {_abbrev(shapes, 3)}")
     for k in unexpected:

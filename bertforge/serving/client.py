@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import ConfigError, UserError, cli_entry
 from bertforge.io import atomic_write_json, ensure_dir
 
@@ -319,7 +320,7 @@ def _ints(s: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deploy/triton/run_squad_client.py",
+    p = ArgumentParser(prog="deploy/triton/run_squad_client.py",
                                 description="Answer SQuAD questions with a BERT QA model served by Triton.")
     p.add_argument("--url", default=None, help="host:port (default localhost:8000 for http, :8001 for grpc)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
@@ -342,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--null_score_diff_threshold", type=float, default=0.0)
     p.add_argument("--output_dir", default=None, help="write predictions.json, nbest_predictions.json, "
                                                        "serving_results.json")
-    return p
+    return p.check(limits={"max_questions": ">=0", "batch_size": "[1,16777216]",
+                           "concurrency": "[1,1024]", "max_seq_length": "[1,1048576]",
+                           "doc_stride": ">=1", "max_query_length": ">=1",
+                           "n_best_size": "[1,100000]", "max_answer_length": ">=1"},
+                   outputs={"output_dir": "dir"})
 
 
 @cli_entry
@@ -358,11 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     url = args.url or ("localhost:8000" if args.protocol == "http" else "localhost:8001")
-    if args.max_questions < 0:
-        raise ConfigError(f"--max_questions must be >= 0 (0: all), got {args.max_questions}")
-    if args.batch_size < 1 or min(args.concurrency, default=0) < 1:
-        raise ConfigError(f"--batch_size and --concurrency must be >= 1, got {args.batch_size} "
-                          f"and {args.concurrency}")
+    if not args.concurrency:
+        raise ConfigError("--concurrency: give at least one value, e.g. 1,4")
     if (args.predict_file is None) == (args.question is None):
         raise ConfigError("give either --predict_file or --question with --context")
     if args.question is not None:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
 
 __all__ = ["build_parser", "main"]
@@ -69,7 +70,7 @@ def _finetune(work: Path, data: Path, steps: int, max_seq_length: int) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deploy/triton/serve_demo.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="deploy/triton/serve_demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--init_checkpoint", default=None, help="a fine-tuned QA model (default: fine-tune a demo one)")
     p.add_argument("--vocab_file", default=None, help="default: the uncased vocab under $BERTFORGE_REAL_DATA")
     p.add_argument("--work_dir", default="results/serve_demo",
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", default=None)
     p.add_argument("--train_steps", type=int, default=60, help="steps of the demo fine-tuning")
     p.add_argument("--max_seq_length", type=int, default=128)
-    return p
+    return p.check(limits={"train_steps": "[1,1000000]", "max_seq_length": "[8,1048576]"},
+                   outputs={"work_dir": "dir"})
 
 
 @cli_entry
@@ -95,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (args.question is None) != (args.context is None):
         raise ConfigError("give both --question and --context (or neither, for a question of the sample)")
-    if args.train_steps < 1:
-        raise ConfigError(f"--train_steps must be >= 1, got {args.train_steps}")
     data = _real_data()
     vocab = str(Path(args.vocab_file).resolve()) if args.vocab_file else str(data / "vocab" / "bert-base-uncased-vocab.txt")
     work = Path(args.work_dir).resolve()  # under the caller's cwd, absolute for the subprocesses

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError, UserError, cli_entry
 from bertforge.io import atomic_path, atomic_write_json, ensure_dir
@@ -269,6 +271,8 @@ def compare(model: nn.Module, fmt: str, path: Path, exported: ExportedModel, bat
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu or cuda[:N]")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
     return torch.device(device)
@@ -340,7 +344,7 @@ def _csv(s: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="deploy/triton/export_model.py",
         description="Export a fine-tuned BERT to ONNX and TorchScript and check it against PyTorch.")
     p.add_argument("--init_checkpoint", required=True,
@@ -364,16 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_seq_length", type=int, default=384)
     p.add_argument("--doc_stride", type=int, default=128)
     p.add_argument("--max_query_length", type=int, default=64)
-    return p
+    return p.check(limits={"num_labels": "[1,1000000]", "opset": "[14,1000]",
+                           "check_questions": "[1,100000]", "max_seq_length": "[8,1048576]",
+                           "doc_stride": ">=1", "max_query_length": ">=1"},
+                   outputs={"output_dir": "dir"})
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.num_labels < 1:
-        raise ConfigError(f"--num_labels must be >= 1, got {args.num_labels}")
-    if args.opset < 14:
-        raise ConfigError(f"--opset must be >= 14 (scaled_dot_product_attention), got {args.opset}")
     model = load_model(args.init_checkpoint, args.task, config_file=args.config_file,
                        num_labels=args.num_labels)
     if args.check_file:

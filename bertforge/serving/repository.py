@@ -215,9 +215,9 @@ def _ints(s: str) -> list[int]:
 
 
 def build_parser():
-    import argparse
+    from bertforge.cli.args import ArgumentParser
 
-    p = argparse.ArgumentParser(prog="deploy/triton/generate_model_repository.py",
+    p = ArgumentParser(prog="deploy/triton/generate_model_repository.py",
                                 description="Write a Triton model repository for an export directory.")
     p.add_argument("--export_dir", required=True, help="made by deploy/triton/export_model.py")
     p.add_argument("--model_repository", required=True)
@@ -232,7 +232,10 @@ def build_parser():
     p.add_argument("--instance_kind", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--instance_count", type=int, default=1)
     p.add_argument("--gpus", type=_ints, default=[], help="GPU ids for --instance_kind gpu (default: all)")
-    return p
+    return p.check(limits={"model_version": "[1,1000000000]", "max_batch_size": "[1,16777216]",
+                           "preferred_batch_sizes": "[1,16777216]", "max_queue_delay_us": ">=0",
+                           "instance_count": "[1,1024]", "gpus": "[0,1024]"},
+                   outputs={"model_repository": "dir"})
 
 
 @cli_entry

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge.cli.args import ArgumentParser
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
 from bertforge.serving.repository import MODEL_FILES, latest_version, parse_config
 
@@ -243,7 +244,7 @@ def serve(repository: str | os.PathLike, models: Sequence[str] | None = None, *,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deploy/triton/serve.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="deploy/triton/serve.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model_repository", required=True, help="made by deploy/triton/generate_model_repository.py")
     p.add_argument("--models", default=None, help="comma-separated model folders (default: all)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind HTTP and gRPC to")
@@ -252,15 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intra_op_threads", type=int, default=0, help="threads per model instance (0: runtime default)")
     p.add_argument("--exit_timeout_secs", type=int, default=10)
     p.add_argument("--verbose", action="store_true", help="PyTriton's INFO logs")
-    return p
+    return p.check(limits={"http_port": "[1,65535]", "grpc_port": "[1,65535]",
+                           "intra_op_threads": "[0,1024]", "exit_timeout_secs": ">=0"})
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("http_port", "grpc_port"):
-        if not 1 <= getattr(args, flag) <= 65535:
-            raise ConfigError(f"--{flag} must be a port number, got {getattr(args, flag)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from tokenizers import BertWordPieceTokenizer
 
+from bertforge.data.vocab import MAX_VOCAB_BYTES
 from bertforge.errors import DataError
+from bertforge.io import read_input_text
 
 __all__ = ["load_tokenizer", "special_ids", "find_vocab", "lower_case"]
 
@@ -29,12 +31,7 @@ def load_tokenizer(vocab_file: str | os.PathLike, do_lower_case: bool = True) ->
     lacks one of the special tokens BERT inputs need.
     """
     path = Path(vocab_file)
-    if not path.is_file():
-        raise DataError(f"--vocab_file {path}: no such file")
-    try:
-        tokens = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"--vocab_file {path}: cannot read ({e})") from None
+    tokens = read_input_text(path, f"--vocab_file {path}", max_bytes=MAX_VOCAB_BYTES).splitlines()
     vocab: dict[str, int] = {}
     for i, tok in enumerate(tokens):
         tok = tok.rstrip("\r")

@@ -32,6 +32,7 @@ import torch
 from bertforge.config import ModelConfig
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.io import atomic_write_json
+from bertforge.memory import require_model_memory
 from bertforge.model.convert import load_pretrained, save_bertforge
 from bertforge.optim import build_optimizer
 from bertforge.optim.schedulers import LinearWarmUpScheduler
@@ -150,9 +151,14 @@ def load_task_model(init_checkpoint: str | Path, model_cls, *, head: tuple[str, 
         raise
 
 
-def check_inputs_fit(config: ModelConfig, *, max_seq_length: int, tokenizer, vocab_file) -> None:
-    """ConfigError (one line, naming the flag) unless ``max_seq_length``-token windows and every
-    id of the vocab fit the model: otherwise the forward pass would fail mid-run."""
+def check_inputs_fit(config: ModelConfig, *, max_seq_length: int, tokenizer, vocab_file,
+                     pairs: bool = True) -> None:
+    """ConfigError (one line, naming the flag) unless ``max_seq_length``-token windows, every
+    id of the vocab and (``pairs``: text pairs) token types 0 and 1 fit the model: otherwise
+    the forward pass would fail mid-run."""
+    if pairs and config.type_vocab_size < 2:
+        raise ConfigError(f"the model's type_vocab_size is {config.type_vocab_size}: text pairs "
+                          "(question + context, sentence A + B) need token types 0 and 1")
     if max_seq_length > config.max_position_embeddings:
         raise ConfigError(f"--max_seq_length {max_seq_length} exceeds max_position_embeddings "
                           f"{config.max_position_embeddings} of the model")
@@ -251,6 +257,8 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
     Logs ``step_loss`` and ``learning_rate`` every ``log_freq`` steps, NVIDIA's keys.
     """
     device = precision.device
+    require_model_memory(getattr(model, "module", model).config, what="the model", training=True,
+                         device=device, already_allocated=True)
     loader = BatchLoader(arrays, cfg.train_batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
     total = cfg.total_steps(loader.n, world_size)
     optimizer = build_optimizer(model, "bertadam", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

@@ -34,10 +34,11 @@ from bertforge.checkpoint import (
     save_checkpoint,
 )
 from bertforge.config import ModelConfig
-from bertforge.distributed import DistInfo, cleanup, init_distributed
+from bertforge.distributed import DistInfo, cleanup, init_distributed, rank0_output_lock
 from bertforge.errors import CheckpointError, ConfigError, DataError, UserError
 from bertforge.io import ensure_dir
-from bertforge.logging import Logger
+from bertforge.logging import Logger, require_tensorboard
+from bertforge.memory import require_model_memory
 from bertforge.optim import PolyWarmUpScheduler, build_optimizer
 from bertforge.precision import Precision
 from bertforge.train.loop import TrainStep
@@ -95,30 +96,11 @@ def global_batch_size(args: argparse.Namespace, world_size: int) -> int:
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    """One-line ConfigErrors naming the flag."""
-    if args.gradient_accumulation_steps < 1:
-        raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
-    if args.train_batch_size < 1:
-        raise ConfigError(f"--train_batch_size must be >= 1, got {args.train_batch_size}")
+    """One-line ConfigErrors naming the flags that do not go together (each flag's own range
+    is checked by the parser: bertforge.cli.pretrain.LIMITS)."""
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise ConfigError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                           f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
-    if args.max_steps < 1:
-        raise ConfigError(f"--max_steps must be >= 1, got {args.max_steps}")
-    if not 0.0 <= args.warmup_proportion < 1.0:
-        raise ConfigError(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
-    if args.learning_rate <= 0:
-        raise ConfigError(f"--learning_rate must be positive, got {args.learning_rate}")
-    for flag in ("log_freq", "num_steps_per_checkpoint", "keep_checkpoints", "max_seq_length",
-                 "max_predictions_per_seq", "num_eval_batches"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.num_workers < 0:
-        raise ConfigError(f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.eval_freq < 0:
-        raise ConfigError(f"--eval_freq must be >= 0, got {args.eval_freq}")
-    if not args.dist_timeout > 0:
-        raise ConfigError(f"--dist_timeout must be positive (seconds), got {args.dist_timeout}")
     if args.resume_phase2 and not args.phase2:
         raise ConfigError("--resume_phase2 needs --phase2")
     if args.resume_step != -1 and not args.resume_from_checkpoint:
@@ -129,6 +111,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise DataError(f"--eval_dir {args.eval_dir} is not a directory")
     if not args.do_train and args.eval_dir is None:
         raise ConfigError("nothing to do: pass --do_train to train (or --eval_dir to only evaluate)")
+    if args.tensorboard_dir is not None:
+        require_tensorboard()
     if args.vocab_file is not None and not Path(args.vocab_file).is_file():
         raise DataError(f"--vocab_file {args.vocab_file} does not exist")
 
@@ -329,6 +313,24 @@ def _load_init_weights(model, path: str, device) -> dict | None:
     return None
 
 
+def _restore_loader(loader, state: dict, source: str | None, micro_batch: int) -> None:
+    """Continue the data where the checkpoint left it; a checkpoint of a run with other data
+    flags is refused in one line naming them."""
+    from bertforge.data.loader import LoaderStateMismatch
+
+    try:
+        loader.load_state_dict(state)
+    except LoaderStateMismatch as e:
+        what = {"batch_size": f"--train_batch_size / --gradient_accumulation_steps (micro-batches "
+                              f"of {e.saved} sequences then, {micro_batch} now)",
+                "seed": f"--seed ({e.saved} then, {e.current} now)",
+                "world_size": f"the number of processes ({e.saved} then, {e.current} now)",
+                }.get(e.key, f"--input_dir (other shards: {e.saved} then, {e.current} now)")
+        raise CheckpointError(
+            f"checkpoint {source} was written by a run with another {what}; resume with the "
+            "flags it was written with, or start a new run in another --output_dir") from None
+
+
 def _reset_for_new_phase(opt_state: dict, lr: float) -> dict:
     """NVIDIA's phase-2 start: keep the moments, restart the step count and learning rate."""
     for g in opt_state["param_groups"]:
@@ -401,10 +403,16 @@ def run(args: argparse.Namespace) -> int:
     if args.max_seq_length > config.max_position_embeddings:
         raise ConfigError(f"--max_seq_length {args.max_seq_length} exceeds max_position_embeddings "
                           f"{config.max_position_embeddings} of {args.config_file}")
+    if config.type_vocab_size < 2:
+        raise ConfigError(f"config file {args.config_file}: type_vocab_size "
+                          f"{config.type_vocab_size}: sentence pairs need token types 0 and 1")
     info = init_distributed(local_rank=args.local_rank, timeout_s=args.dist_timeout,
                             device=args.device)
     try:
-        return _Trainer(args, config, info).run()
+        require_model_memory(config, what=f"config file {args.config_file}",
+                             training=args.do_train, device=info.device)
+        with rank0_output_lock(args.output_dir, "--output_dir", info):
+            return _Trainer(args, config, info).run()
     except RuntimeError as e:
         if info.distributed and _is_comm_failure(e):
             raise _peer_failure(e, args, info) from None
@@ -512,7 +520,7 @@ class _Trainer:
         self.loader = _make_loader(args.input_dir, args, micro_batch_size(args), info,
                                    seed=args.seed + (1000 if self.phase == 2 else 0))
         if loader_state is not None:
-            self.loader.load_state_dict(loader_state)
+            _restore_loader(self.loader, loader_state, start.source, micro_batch_size(args))
         # A separate CPU group for the stop flag: agreeing on it never waits for the GPU.
         self.ctrl_group = None
         if info.distributed:
@@ -578,8 +586,9 @@ class _Trainer:
             ensure_dir(args.output_dir)
         json_path = args.json_summary or os.path.join(args.output_dir, "dllogger.json")
         logger = Logger(json_path if info.is_main else None, stdout=info.is_main,
-                        # a resumed run and phase 2 continue the file (one curve for both phases)
-                        append=bool(start.restore_all) or self.phase == 2,
+                        # a resumed run and phase 2 continue the file (one curve for both
+                        # phases); an evaluation-only run adds to the training run's log
+                        append=bool(start.restore_all) or self.phase == 2 or not args.do_train,
                         tensorboard_dir=args.tensorboard_dir if info.is_main else None)
         for metric, unit in (("e2e_train_time", "s"), ("training_sequences_per_second", "sequences/s"),
                              ("final_loss", None), ("raw_train_time", "s")):

@@ -6,9 +6,9 @@ Batch: ``python tests/faults/forkrun.py < cases.json > results.json`` with
 Server: ``python tests/faults/forkrun.py --serve MODULE...`` reads one JSON case per line on
 stdin and answers one JSON result per line on stdout (until stdin closes).
 
-A case is ``{"id", "argv", "script" | "module", "timeout", "env", "fault"}``. It runs in its
-own forked process exactly as ``python SCRIPT ARGV`` (or ``python -m MODULE ARGV``) would in
-a fresh interpreter from the repo root: ``__main__``, real stdout/stderr file descriptors,
+A case is ``{"id", "argv", "script" | "module", "timeout", "env", "fault", "cwd"}``. It runs
+in its own forked process exactly as ``python SCRIPT ARGV`` (or ``python -m MODULE ARGV``)
+would in a fresh interpreter from the repo root (or from ``cwd``, when given): ``__main__``, real stdout/stderr file descriptors,
 the real exit status (an uncaught exception prints its traceback and exits 1,
 ``SystemExit`` gives its code, a signal gives ``-signum``); ``env`` is added to the
 environment and ``fault`` is injected as tests/faults/inject.py does. Only the imports are
@@ -40,7 +40,7 @@ def _child(case: dict, out_path: str, err_path: str) -> None:
             f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(f, fd)
             os.close(f)
-        os.chdir(REPO)
+        os.chdir(case.get("cwd") or REPO)
         sys.path[0] = REPO
         os.environ.update(case.get("env") or {})
         if case.get("fault"):

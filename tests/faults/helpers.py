@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -134,6 +135,25 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert not diff, f"{len(diff)} of {len(wa)} tensors differ, e.g. {diff[:3]}"
 
 
+def make_read_only(d: Path):
+    """Make folder ``d`` unwritable, for root too (chmod 555, and ``chattr +i`` when root:
+    root ignores permission bits). Returns the function that undoes it (call it before the
+    folder is deleted)."""
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o555)
+    immutable = False
+    if os.geteuid() == 0:
+        immutable = subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode == 0
+    assert not os.access(d, os.W_OK), f"cannot make {d} read-only here"
+
+    def undo() -> None:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(d)], capture_output=True)
+        os.chmod(d, 0o755)
+
+    return undo
+
+
 def final_files(d: Path) -> list[str]:
     """Names in ``d`` that are not hidden temp files."""
     return sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
@@ -198,23 +218,31 @@ class ForkServer:
 
 
 def run_on_small_disk(unshare: str | None, size: int, args_for, tmp_path: Path, cli, script: str,
+                      before: dict[str, Path] | None = None,
                       **kw) -> tuple[subprocess.CompletedProcess, Path]:
     """Run ``script`` with its output on a ``size``-byte disk; returns (process, a copy of the
-    output folder as the run left it).
+    output folder as the run left it). ``before`` (name -> folder) is copied onto the disk
+    first (an earlier dataset the run replaces).
 
     With a tmpfs (mounted in a private mount namespace, so nothing leaks out) the kernel
-    itself reports ENOSPC; without one the injector fakes it at the same quota.
+    itself reports ENOSPC; without one the injector fakes it at the same quota (less what
+    ``before`` holds).
     """
     after = tmp_path / "after"
     if unshare is None:
-        return cli.run(script, args_for(after), fault={"enospc": {"quota": size}}, **kw), after
+        used = 0
+        for name, src in (before or {}).items():
+            shutil.copytree(src, after / name)
+            used += sum(p.stat().st_size for p in (after / name).rglob("*") if p.is_file())
+        return cli.run(script, args_for(after), fault={"enospc": {"quota": size - used}}, **kw), after
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     after.mkdir()
     args = " ".join(f"'{a}'" for a in args_for(mnt))
-    sh = (f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 99\n"
+    copies = "".join(f"cp -a '{src}' '{mnt}/{name}' || exit 98\n" for name, src in (before or {}).items())
+    sh = (f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 99\n{copies}"
           f"{PYTHON} {script} {args}\nrc=$?\ncp -a {mnt}/. {after}/\nexit $rc\n")
     p = subprocess.run(["unshare", *unshare.split(), "sh", "-c", sh], cwd=REPO, env=cli_env(),
                        capture_output=True, text=True, timeout=300)
-    assert p.returncode != 99, p.stderr
+    assert p.returncode not in (98, 99), p.stderr
     return p, after

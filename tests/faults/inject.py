@@ -18,6 +18,9 @@ from outside, so the production code runs unchanged.
                 of an output whose name contains ``name`` is about to be renamed to its
                 final name, cut it to half its size and SIGKILL the process (a kill -9
                 in the middle of writing a checkpoint or a shard).
+``stop_in_write`` ``{"name": "ckpt_4.pt", "call": 1}``: when that complete temp file is
+                about to be renamed, SIGSTOP this process (it holds its output's lock, its
+                file complete but not yet renamed); the test continues it with SIGCONT.
 ``enospc``      ``{"quota": bytes}``: the disk is "full" after ``quota`` bytes of output
                 files: the file that crosses it is cut short and ``OSError(ENOSPC)`` is
                 raised, as the kernel would (a fallback where no size-limited tmpfs can
@@ -97,11 +100,12 @@ def _patch_writers(faults: dict) -> None:
     full disk does the most harm, so that is where these faults strike.
     """
     kill = faults.get("kill_in_write")
+    stop = faults.get("stop_in_write")
     quota = faults.get("enospc", {}).get("quota")
-    if not kill and quota is None:
+    if not kill and not stop and quota is None:
         return
     orig_replace = os.replace
-    seen, written = [0], [0]
+    seen, stopped, written = [0], [0], [0]
 
     def replace(src, dst, *a, **k):
         src_s, name = os.fspath(src), os.path.basename(os.fspath(dst))
@@ -114,6 +118,11 @@ def _patch_writers(faults: dict) -> None:
                         fh.truncate(size // 2)
                     print(f"FAULT: SIGKILL while writing {dst}", flush=True)
                     _die()  # ... by a kill -9
+            if stop and stop["name"] in name:
+                stopped[0] += 1
+                if stopped[0] == int(stop.get("call", 1)):
+                    print(f"FAULT: SIGSTOP before renaming {dst}", flush=True)
+                    _die(signal.SIGSTOP)  # returns once the test sends SIGCONT
             if quota is not None:
                 room = int(quota) - written[0]
                 if size > room:  # the disk fills during this file

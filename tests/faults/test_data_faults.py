@@ -1,8 +1,11 @@
 """Faults of the data pipeline: create_pretraining_data.py killed or out of disk while it
-writes shards, and damaged shards read by run_pretraining.py.
+replaces a dataset, and damaged shards read by run_pretraining.py.
 
 The session's ``world`` shards were made by the same command (output identical for any
 --num_workers), so "the rerun reproduces the uninterrupted result" is a byte comparison.
+Each create fault strikes a run that replaces an *earlier* dataset (``--overwrite``; made
+with ``--dupe_factor 1``, so its bytes differ): that dataset must come out byte for byte
+as it was, and the run must leave nothing under the final name.
 """
 
 from __future__ import annotations
@@ -37,49 +40,64 @@ def _shards(world, fmt: str) -> Path:
     return world.hdf5 if fmt == "hdf5" else world.parquet
 
 
-def assert_complete_subset(out: Path, ref: Path) -> list[str]:
-    """Every shard under a final name in ``out`` is byte-identical to the uninterrupted
-    run's; the dataset is not marked complete (``.num_samples.json`` is written last)."""
-    names = final_files(out)
-    for n in names:
-        assert (out / n).read_bytes() == (ref / n).read_bytes(), f"{n} is partial or different"
-    assert not (out / ".num_samples.json").exists()
-    return names
+def snapshot(d: Path) -> dict[str, bytes]:
+    """Every file of a dataset folder (hidden metadata included), by name."""
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def earlier(world, cli, tmp_path_factory):
+    """An earlier dataset per format (``--dupe_factor 1``), to be replaced by the runs below."""
+    root = tmp_path_factory.mktemp("earlier")
+    for fmt in ("hdf5", "parquet"):
+        check(cli.run(CREATE, create_args(world, root / fmt, fmt, "--dupe_factor", "1")))
+    return root
+
+
+def siblings(out: Path) -> list[str]:
+    """Temporary folders a run left beside ``out``."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-"))
 
 
 @pytest.mark.parametrize("fmt, workers, victim", [
     ("hdf5", 2, "training_shard_00001.hdf5"),  # a pool worker is killed (e.g. by the OOM killer)
     ("parquet", 1, "shard-1.parquet"),          # the create process itself is killed
 ])
-def test_sigkill_during_shard_writing(world, cli, tmp_path, fmt, workers, victim):
+def test_sigkill_during_shard_writing(world, cli, earlier, tmp_path, fmt, workers, victim):
     out = tmp_path / "out"
-    args = create_args(world, out, fmt, "--num_workers", str(workers))
+    shutil.copytree(earlier / fmt, out)
+    before = snapshot(out)
+    args = create_args(world, out, fmt, "--num_workers", str(workers), "--overwrite")
     p = cli.run(CREATE, args, fault={"kill_in_write": {"name": victim}}, timeout=120)
     if workers > 1:  # the parent notices the dead worker (it used to wait forever)
         assert_user_error(p, "a worker process died while writing the shards", "run the command again")
+        assert siblings(out) == []  # the failed run removed its temporary folder
     else:
         check(p, -9)
-    assert victim not in assert_complete_subset(out, _shards(world, fmt))
-    assert [t for t in temp_files(out) if t.startswith(f".{victim}.tmp-")], "the half-written temp file"
+        (tmp_dir,) = siblings(out)  # the killed run's work, beside the dataset
+        assert [t for t in temp_files(out.parent / tmp_dir) if t.startswith(f".{victim}.tmp-")]
+    assert snapshot(out) == before, "the earlier dataset changed"
     check(cli.run(CREATE, args))  # the same command again: the whole, identical dataset
     ref = _shards(world, fmt)
-    assert final_files(out) == final_files(ref) and temp_files(out) == []
-    for n in [*final_files(ref), ".num_samples.json"]:
-        assert (out / n).read_bytes() == (ref / n).read_bytes(), n
+    assert snapshot(out) == snapshot(ref)
+    assert siblings(out) == [] and temp_files(out) == []
 
 
 @pytest.mark.parametrize("fmt", ["hdf5", "parquet"])
-def test_full_disk_during_shard_writing(world, cli, tmp_path, tmpfs_mounts, fmt):
+def test_full_disk_during_shard_writing(world, cli, earlier, tmp_path, tmpfs_mounts, fmt):
     ref = _shards(world, fmt)
+    old = earlier / fmt
     first = min((ref / n).stat().st_size for n in final_files(ref))
-    size = int(first * 1.5)  # room for one shard, not two
-    p, after = run_on_small_disk(tmpfs_mounts, size, lambda d: create_args(world, d / "out", fmt),
-                                 tmp_path, cli, CREATE)
-    assert_user_error(p, "cannot write", "No space left on device",
-                      "training_shard_" if fmt == "hdf5" else "shard-")
+    used = sum(-(-p.stat().st_size // 4096) * 4096 for p in old.iterdir())  # tmpfs pages
+    size = used + int(first * 1.5)  # the earlier dataset, then room for one new shard, not two
+    p, after = run_on_small_disk(tmpfs_mounts, size,
+                                 lambda d: create_args(world, d / "out", fmt, "--overwrite"),
+                                 tmp_path, cli, CREATE, before={"out": old})
+    assert_user_error(p, "cannot write", "No space left on device",  # the final name, not the temp's
+                      "/out/training_shard_" if fmt == "hdf5" else "/out/shard-")
     out = after / "out"
-    assert len(assert_complete_subset(out, ref)) == 1
-    assert temp_files(out) == []
+    assert snapshot(out) == snapshot(old), "the earlier dataset changed"
+    assert siblings(out) == [] and temp_files(out) == []
 
 
 def _truncate(path: Path) -> None:

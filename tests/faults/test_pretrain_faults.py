@@ -63,6 +63,7 @@ def test_sigkill_mid_step_then_resume_is_exact(world, cli, reference, tmp_path):
     assert_same_weights(reference / "ckpt_4.pt", out / "ckpt_4.pt")
     r = _resume(cli, world, out, reference)
     assert f"start_from {out / 'ckpt_4.pt'}" in r.stdout
+    assert "which has ended without releasing it (killed?); taking the lock over" in r.stderr
 
 
 def test_sigkill_during_checkpoint_write_keeps_the_previous_one(world, cli, reference, tmp_path):

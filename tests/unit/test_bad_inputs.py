@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import PYTHON, REPO, cli_env, error_line, forkrun, make_world
+from tests.faults.helpers import (
+    PYTHON,
+    REPO,
+    cli_env,
+    error_line,
+    forkrun,
+    make_read_only,
+    make_world,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -187,7 +195,8 @@ CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     "convert-src-missing": (V, ["--from=bertforge", "--to=hf", "{tmp}/nope.pt", "{tmp}/hf_{id}"], ("nope.pt",)),
     "convert-from-hf-given-a-file": (V, ["--from=hf", "--to=bertforge", "{qa}", "{tmp}/x_{id}.pt"], ("--from hf",)),
     "convert-pickle-runs-code": (V, ["--from=ngc", "--to=bertforge", "{evil}", "{tmp}/x_{id}.pt",
-                                     "--config_file={config}"], ("evil.pt", "--trust_checkpoint")),
+                                     "--config_file={config}"],
+                                 ("evil.pt", "GLOBAL io.open", "not with --trust_checkpoint either")),
     "convert-config_file-missing": (V, ["--from=ngc", "--to=bertforge", "{qa}", "{tmp}/x_{id}.pt",
                                         "--config_file={tmp}/nope.json"], ("nope.json",)),
     # -- data preparation (python -m bertforge.cli.prepare_text / prepare_vocab)
@@ -234,12 +243,100 @@ CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
                                           "--max_questions=-1"], ("--max_questions",)),
     "client-concurrency-zero": (K, ["--vocab_file={vocab}", "--predict_file={squad}",
                                     "--concurrency=0"], ("--concurrency",)),
+    # -- issue 19: data that used to be lost silently
+    "pretrain-init_checkpoint-larger-vocab": (P, _with(PRE, "--init_checkpoint={big_vocab}"),
+                                              ("big_vocab.pt", "vocabulary of 688 rows", "vocab_size 294")),
+    "pretrain-phase2-init_checkpoint-larger-vocab": (P, [*_with(PRE, "--init_checkpoint={big_vocab}"), "--phase2"],
+                                                     ("big_vocab.pt", "vocabulary of 688 rows", "vocab_size 294")),
+    "convert-config_file-smaller-vocab": (V, ["--from=bertforge", "--to=bertforge", "{big_vocab}",
+                                              "{tmp}/x_{id}.pt", "--config_file={config}"],
+                                          ("big_vocab.pt", "vocabulary of 688 rows", "vocab_size 294")),
+    "convert-dst-folder-not-empty": (V, ["--from=bertforge", "--to=hf", "{qa}", "{nonempty_hf}"],
+                                     ("nonempty_hf", "holds files", "--overwrite")),
+    "convert-dst-file-exists": (V, ["--from=bertforge", "--to=bertforge", "{qa}", "{pretrain_ckpt}"],
+                                ("pretrain.pt", "exists", "--overwrite")),
+    "create-output_file-holds-dataset": (C, _with(CRE, "--output_file={dataset_out}"),
+                                         ("dataset_out", "already holds a dataset", "--overwrite")),
+    "create-output_file-holds-other-files": (C, [*_with(CRE, "--output_file={other_out}"), "--overwrite"],
+                                             ("other_out", "not part of a dataset", "notes.txt")),
+    # -- issue 19: inputs that ended in a traceback
+    "pretrain-max_grad_norm-negative": (P, [*PRE, "--max_grad_norm=-1"], ("--max_grad_norm", ">= 0")),
+    "pretrain-max_grad_norm-nan": (P, [*PRE, "--max_grad_norm=nan"], ("--max_grad_norm", "finite")),
+    "pretrain-seed-beyond-64-bits": (P, [*PRE, f"--seed={2**70}"], ("--seed", "64 bits")),
+    "pretrain-json-summary-is-a-folder": (P, [*PRE, "--json-summary={empty}"], ("--json-summary", "is a directory")),
+    "pretrain-json-summary-read-only": (P, [*PRE, "--json-summary={read_only}/dllogger.json"],
+                                        ("--json-summary", "read_only", "not writable")),
+    "pretrain-output_dir-name-too-long": (P, _with(PRE, "--output_dir={tmp}/" + "o" * 300),
+                                          ("--output_dir", "300 bytes", "255")),
+    "pretrain-input_dir-mixed-lengths": (P, _with(PRE, "--input_dir={mixed_lengths}", "--max_seq_length=128",
+                                                  "--max_steps=8"),
+                                         ("mixed_lengths", "max_seq_length 64", "128")),
+    "pretrain-config-type_vocab_size-1": (P, _with(PRE, "--config_file={config_type_vocab_1}"),
+                                          ("type_vocab_size 1", "token types 0 and 1")),
+    "pretrain-config-initializer_range-nan": (P, _with(PRE, "--config_file={config_init_nan}"),
+                                              ("initializer_range", "finite")),
+    "pretrain-rank-outside-world_size": (P, PRE, ("RANK=1", "WORLD_SIZE=1")),
+    "pretrain-rank-5-of-2": (P, PRE, ("RANK=5", "WORLD_SIZE=2")),
+    "inference-json-binary": (I, [*_without(INF, "--question", "--context"), "--json={binary}"],
+                              ("--json", "binary.bin", "binary file")),
+    "fill_mask-input_file-binary": (F, ["--init_checkpoint={pretrain_ckpt}", "--vocab_file={vocab}",
+                                        "--input_file={binary}"], ("--input_file", "binary file")),
+    "fill_mask-top_k-above-vocab": (F, ["--init_checkpoint={pretrain_ckpt}", "--vocab_file={vocab}",
+                                        "--text=the [MASK] city", "--top_k=100000"],
+                                    ("--top_k 100000", "tokens the model can fill in")),
+    "create-vocab_file-dev-zero": (C, _with(CRE, "--vocab_file=/dev/zero"), ("/dev/zero", "not a regular file")),
+    "squad-vocab_file-dev-zero": (S, _with(SQD, "--vocab_file=/dev/zero"), ("/dev/zero", "not a regular file")),
+    "inference-vocab_file-dev-zero": (I, _with(INF, "--vocab_file=/dev/zero"), ("/dev/zero", "not a regular file")),
+    # -- issue 19: sizes that would not fit (refused before allocation)
+    "pretrain-config-a-million-layers": (P, _with(PRE, "--config_file={config_deep}"),
+                                         ("num_hidden_layers 1000000", "1024")),
+    "pretrain-config-hidden-65536": (P, _with(PRE, "--config_file={config_wide}"),
+                                     ("config_wide.json", "parameters", "GB", "more than the")),
+    "pretrain-config-max_position_embeddings-1e9": (P, _with(PRE, "--config_file={config_positions}"),
+                                                    ("config_positions.json", "GB", "more than the")),
+    "pretrain-config-intermediate_size-1e10": (P, _with(PRE, "--config_file={config_ffn}"),
+                                               ("config_ffn.json", "TB", "more than the")),
+    "inference-checkpoint-config-too-big": (I, _with(INF, "--init_checkpoint={huge_ckpt}"),
+                                            ("parameters", "GB", "more than the")),
+    # -- issue 19: wrong values that used to be accepted
+    "pretrain-config-layer_norm_eps-infinity": (P, _with(PRE, "--config_file={config_eps_inf}"),
+                                                ("layer_norm_eps", "finite")),
+    "pretrain-weight_decay-negative": (P, [*PRE, "--weight_decay=-5"], ("--weight_decay", ">= 0")),
+    "pretrain-learning_rate-nan": (P, [*PRE, "--learning_rate=nan"], ("--learning_rate", "finite")),
+    "pretrain-learning_rate-inf": (P, [*PRE, "--learning_rate=inf"], ("--learning_rate", "finite")),
+    "pretrain-input_dir-mixed-formats": (P, _with(PRE, "--input_dir={mixed_formats}", "--vocab_file={vocab}"),
+                                         ("mix HDF5", "Parquet")),
+    "create-input_file-random-bytes": (C, _with(CRE, "--input_file={random_bytes}"),
+                                       ("random.bin", "binary file")),
+    "inference-question-empty": (I, _with(INF, "--question="), ("--question is empty",)),
+    "inference-context-blank": (I, _with(INF, "--context=   "), ("--context is empty",)),
+    # -- issue 19: refusals that were unclear
+    "convert-pickle-calls-os-system": (V, ["--from=ngc", "--to=bertforge", "{evil_system}", "{tmp}/x_{id}.pt",
+                                           "--config_file={config}"],
+                                       ("GLOBAL posix.system", "not with --trust_checkpoint either")),
+    "pretrain-init_checkpoint-legacy-pickle-runs-code": (P, _with(PRE, "--init_checkpoint={evil_legacy}"),
+                                                         ("evil_legacy.pt", "GLOBAL io.open", "could run code")),
+    "pretrain-resume-other-batch-size": (P, [*_with(PRE, "--output_dir={resume_out}", "--train_batch_size=4"),
+                                             "--resume_from_checkpoint"],
+                                         ("--train_batch_size", "8 sequences then, 4 now")),
+    "pretrain-resume-other-input_dir": (P, [*_with(PRE, "--output_dir={resume_out}", "--input_dir={parquet}",
+                                                   "--vocab_file={vocab}"), "--resume_from_checkpoint"],
+                                        ("--input_dir", "other shards")),
+    "pretrain-resume-other-seed": (P, [*_with(PRE, "--output_dir={resume_out}"), "--resume_from_checkpoint",
+                                       "--seed=7"], ("--seed (42 then, 7 now)",)),
+    "create-input_file-one-long-line": (C, _with(CRE, "--input_file={one_line}"),
+                                        ("1 document(s) with 1 sentence(s)", "one sentence per line")),
     # -- python -m bertforge.evaluate_squad
     "evaluate-data_file-missing": (E, ["{tmp}/nope.json", "{garbage}"], ("nope.json",)),
     "evaluate-pred_file-not-json": (E, ["{squad}", "{garbage}"], ("garbage.json",)),
     "evaluate-na_prob_thresh-not-a-number": (E, ["{squad}", "{garbage}", "--na_prob_thresh=high"],
                                              ("--na_prob_thresh",)),
 }
+
+#: Environment variables of a case (the rank layout of a launcher gone wrong).
+ENV = {"pretrain-rank-outside-world_size": {"WORLD_SIZE": "1", "RANK": "1"},
+       "pretrain-rank-5-of-2": {"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "127.0.0.1",
+                                "MASTER_PORT": "29999"}}
 
 _PRELOAD = {P: ["bertforge.cli.pretrain", "bertforge.train.pretrain", "bertforge.model.bert"],
             C: ["bertforge.cli.create_pretraining_data", "bertforge.data.create"],
@@ -251,6 +348,16 @@ _PRELOAD = {P: ["bertforge.cli.pretrain", "bertforge.train.pretrain", "bertforge
             K: ["bertforge.serving.client", "bertforge.tasks.squad", "tritonclient.http"]}
 
 _MARKER = "pwned_by_pickle"
+
+
+class _Calls:
+    """Unpickling calls ``fn(arg)`` (e.g. ``os.system``), as a malicious file would."""
+
+    def __init__(self, fn, arg) -> None:
+        self.fn, self.arg = fn, arg
+
+    def __reduce__(self):
+        return (self.fn, (self.arg,))
 
 
 class _RunsCode:
@@ -296,12 +403,95 @@ def _fixtures(root: Path) -> dict:
                                          for w in ("city", "school", "world"))
     (glue / "train.tsv").write_text(rows)
     (glue / "dev.tsv").write_text(rows)
-    return {"hdf5": w.hdf5, "parquet": w.parquet, "text": w.text, "vocab": w.vocab,
-            "config": w.config, "config_small_vocab": root / "tiny_small_vocab.json",
-            "tmp": root, "empty": empty, "file": root / "notes.txt", "garbage": root / "garbage.json",
-            "vocab_no_mask": root / "vocab_no_mask.txt", "qa": root / "qa.pt",
-            "qa_small_vocab": root / "qa_small_vocab.pt", "pretrain_ckpt": root / "pretrain.pt",
-            "evil": root / "evil.pt", "squad": root / "squad.json", "glue": glue}
+    fx = {"hdf5": w.hdf5, "parquet": w.parquet, "text": w.text, "vocab": w.vocab,
+          "config": w.config, "config_small_vocab": root / "tiny_small_vocab.json",
+          "tmp": root, "empty": empty, "file": root / "notes.txt", "garbage": root / "garbage.json",
+          "vocab_no_mask": root / "vocab_no_mask.txt", "qa": root / "qa.pt",
+          "qa_small_vocab": root / "qa_small_vocab.pt", "pretrain_ckpt": root / "pretrain.pt",
+          "evil": root / "evil.pt", "squad": root / "squad.json", "glue": glue}
+    return {**fx, **_issue19_fixtures(root, w, fx)}
+
+
+def _issue19_fixtures(root: Path, w, fx: dict) -> dict:
+    """Files for the cases of issue 19 (data loss, tracebacks, sizes, unclear refusals)."""
+    import os
+    import shutil
+
+    import h5py
+    import numpy as np
+    import torch
+
+    from bertforge.cli.create_pretraining_data import main as create_main
+    from bertforge.cli.pretrain import main as pretrain_main
+
+    out = {}
+    # a checkpoint with a larger vocabulary (688 rows) than the config's 294
+    ck = torch.load(fx["pretrain_ckpt"], weights_only=True)
+    n = ck["config"]["vocab_size"]
+    for k in ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight",
+              "cls.predictions.bias", "cls.predictions.decoder.bias"):
+        if k in ck["model"]:
+            v = ck["model"][k]
+            ck["model"][k] = torch.cat([v, v.new_zeros((n + 100, *v.shape[1:]))], 0)
+    torch.save({"model": ck["model"], "config": {**ck["config"], "vocab_size": 2 * n + 100}},
+               root / "big_vocab.pt")
+    out["big_vocab"] = root / "big_vocab.pt"
+    # outputs holding something: an HF folder, a dataset, a folder of other files
+    (root / "nonempty_hf").mkdir()
+    (root / "nonempty_hf" / "config.json").write_text("{}\n")
+    shutil.copytree(w.hdf5, root / "dataset_out")
+    (root / "other_out").mkdir()
+    (root / "other_out" / "notes.txt").write_text("mine\n")
+    out.update(nonempty_hf=root / "nonempty_hf", dataset_out=root / "dataset_out",
+               other_out=root / "other_out")
+    # model configs: wrong values and sizes that cannot fit
+    base = json.loads(w.config.read_text())
+    for name, change in (("config_type_vocab_1", {"type_vocab_size": 1}),
+                         ("config_init_nan", {"initializer_range": float("nan")}),
+                         ("config_eps_inf", {"layer_norm_eps": float("inf")}),
+                         ("config_deep", {"num_hidden_layers": 10**6}),
+                         ("config_wide", {"hidden_size": 65536, "num_attention_heads": 2}),
+                         ("config_positions", {"max_position_embeddings": 10**9}),
+                         ("config_ffn", {"intermediate_size": 10**10})):
+        (root / f"{name}.json").write_text(json.dumps({**base, **change}))  # NaN/Infinity as JSON has them
+        out[name] = root / f"{name}.json"
+    # a 2 KB checkpoint whose stored config asks for a hidden size of 65536
+    torch.save({"model": {"qa_outputs.bias": torch.zeros(2)},
+                "config": {**base, "hidden_size": 65536, "num_attention_heads": 2}}, root / "huge_ckpt.pt")
+    out["huge_ckpt"] = root / "huge_ckpt.pt"
+    # binary and odd inputs
+    rng = np.random.default_rng(19)
+    (root / "binary.bin").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (root / "random.bin").write_bytes(rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    words = [t for t in w.vocab.read_text().split() if t.isalpha()]
+    (root / "one_line.txt").write_text(" ".join(rng.choice(words, 900_000)) + "\n")  # ~5.5 MB
+    out.update(binary=root / "binary.bin", random_bytes=root / "random.bin", one_line=root / "one_line.txt")
+    # pickles that would run code: os.system; io.open in the legacy (pre-zip) format
+    torch.save({"model": _Calls(os.system, "true")}, root / "evil_system.pt")
+    torch.save({"model": _RunsCode(str(root / _MARKER))}, root / "evil_legacy.pt",
+               _use_new_zipfile_serialization=False)
+    out.update(evil_system=root / "evil_system.pt", evil_legacy=root / "evil_legacy.pt")
+    # shard folders: two formats; two sequence lengths (tiny shards: the second is reached at once)
+    (root / "mixed_formats").mkdir()
+    shutil.copy(w.hdf5 / "training_shard_00000.hdf5", root / "mixed_formats")
+    shutil.copy(w.parquet / "shard-0.parquet", root / "mixed_formats")
+    common = ["--input_file", str(w.text), "--vocab_file", str(w.vocab), "--max_predictions_per_seq",
+              "10", "--dupe_factor", "1", "--progress", "false", "--num_shards", "1"]
+    assert create_main([*common, "--max_seq_length", "128", "--output_file", str(root / "h128")]) == 0
+    (root / "mixed_lengths").mkdir()
+    for i, src in enumerate((w.hdf5 / "training_shard_00000.hdf5", root / "h128" / "training_shard_00000.hdf5")):
+        with h5py.File(src, "r") as a, h5py.File(root / "mixed_lengths" / f"training_shard_{i}.hdf5", "w") as b:
+            for k in a:
+                b.create_dataset(k, data=a[k][:9])
+    out.update(mixed_formats=root / "mixed_formats", mixed_lengths=root / "mixed_lengths")
+    # a pretraining output folder to resume with other flags
+    assert pretrain_main([f"--input_dir={w.hdf5}", f"--config_file={w.config}",
+                          f"--output_dir={root / 'resume_out'}", "--do_train", "--train_batch_size=8",
+                          "--max_steps=1", "--max_seq_length=64", "--max_predictions_per_seq=10",
+                          "--num_workers=0", "--disable_progress_bar"]) == 0
+    out["resume_out"] = root / "resume_out"
+    out["read_only"] = root / "read_only"  # made read-only by the table fixture (and undone)
+    return out
 
 
 def _argv(case_id: str, argv: list[str], fx: dict) -> list[str]:
@@ -309,14 +499,19 @@ def _argv(case_id: str, argv: list[str], fx: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
+def table(cli_fixtures):
     """Run every case (one forkrun process for all: torch is imported once); results by id."""
-    root = tmp_path_factory.mktemp("bad_inputs")
-    fx = _fixtures(root)
-    cases = [{"id": cid, ("script" if cli.endswith(".py") else "module"): cli,
-              "argv": _argv(cid, argv, fx), "timeout": 120} for cid, (cli, argv, _) in CASES.items()]
-    preload = list(dict.fromkeys(m for mods in _PRELOAD.values() for m in mods))
-    return fx, forkrun(cases, preload)
+    fx = cli_fixtures
+    undo = make_read_only(fx["read_only"])
+    try:
+        cases = [{"id": cid, ("script" if cli.endswith(".py") else "module"): cli,
+                  "argv": _argv(cid, argv, fx), "env": ENV.get(cid, {}), "timeout": 120}
+                 for cid, (cli, argv, _) in CASES.items()]
+        preload = list(dict.fromkeys(m for mods in _PRELOAD.values() for m in mods))
+        results = forkrun(cases, preload)
+    finally:
+        undo()
+    return fx, results
 
 
 def test_the_table_is_big_enough():
@@ -365,3 +560,73 @@ def test_bad_gemm_backend_variable_is_one_line_error(table):
     line = error_line(p.stderr, p.stdout)
     assert line == "error: environment variable BERTFORGE_CPU_GEMM='blas': expected one of onednn, aten", line
     assert "Traceback" not in p.stderr
+
+
+def test_tensorboard_dir_needs_the_package(table):
+    """Without the tensorboard package --tensorboard_dir is refused in one line (it used to be
+    accepted and ignored); the package hidden as an uninstalled one is."""
+    fx, _ = table
+    argv = _argv("tb", [*PRE, "--tensorboard_dir={tmp}/tb_{id}"], fx)
+    code = ("import sys; sys.modules['tensorboard'] = None; sys.argv = ['run_pretraining.py', *sys.argv[1:]]; "
+            "from bertforge.cli.pretrain import main; raise SystemExit(main())")
+    p = subprocess.run([PYTHON, "-c", code, *argv], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    line = error_line(p.stderr, p.stdout)
+    assert line.startswith("error: --tensorboard_dir needs the tensorboard package"), line
+    assert "pip install 'bertforge[tensorboard]'" in line
+
+
+def test_tensorboard_dir_writes_the_logged_scalars(table, tmp_path):
+    """With the package (the tensorboard extra, in make install) the run's records are
+    TensorBoard scalars: tag = key, step = global step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fx, _ = table
+    tb = tmp_path / "tb"
+    argv = _argv("tbw", [*_with(PRE, "--max_steps=3", f"--output_dir={tmp_path}/out"),
+                         f"--tensorboard_dir={tb}"], fx)
+    p = subprocess.run([PYTHON, P, *argv], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    assert {"average_loss", "learning_rate", "grad_norm"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("average_loss")] == [1, 2, 3]
+    logged = [r["data"]["average_loss"] for r in map(json.loads, (
+        ln[5:] for ln in (tmp_path / "out" / "dllogger.json").read_text().splitlines()))
+              if r.get("type") == "LOG" and isinstance(r.get("step"), list) and len(r["step"]) == 2
+              and "average_loss" in r["data"]]
+    assert [e.value for e in acc.Scalars("average_loss")] == pytest.approx(logged, rel=1e-6)
+
+
+def test_squad_feature_cache_is_written_where_the_user_may_write(table, tmp_path):
+    """NVIDIA's default (next to --train_file) when that folder is the user's and writable;
+    else (read-only, or another user's: a shared dataset folder) --output_dir; the run says
+    where the cache went."""
+    import os
+    import shutil
+
+    fx, _ = table
+    mine, shared, foreign = tmp_path / "mine", tmp_path / "shared", tmp_path / "foreign"
+    for d in (mine, shared, foreign):
+        d.mkdir()
+        shutil.copy(fx["squad"], d / "train.json")
+    undo = make_read_only(shared)
+    folders = [(mine, mine), (shared, tmp_path / "out_shared")]
+    if os.geteuid() == 0:  # a folder of another user that this one may write (root may)
+        os.chown(foreign, 65534, 65534)
+        folders.append((foreign, tmp_path / "out_foreign"))
+    try:
+        for train_dir, expected in folders:
+            out = tmp_path / f"out_{train_dir.name}"
+            argv = _argv("cache", [*_with(SQD, f"--train_file={train_dir / 'train.json'}",
+                                          f"--output_dir={out}")], fx)
+            p = subprocess.run([PYTHON, S, *argv], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                               timeout=300)
+            assert p.returncode == 0, p.stderr[-2000:]
+            (cache,) = expected.glob("train.json_bert_64_32_16_*.npz")
+            assert f"training features cached in {cache}" in p.stdout
+            if expected != train_dir:
+                assert not list(train_dir.glob("*.npz"))
+    finally:
+        undo()

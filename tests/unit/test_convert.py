@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from bertforge.config import ModelConfig
+from bertforge.config import ModelConfig, pad_vocab_size
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering, BertModel
 from bertforge.model.convert import export_hf, load_pretrained, save_bertforge, to_ngc_state_dict
@@ -125,6 +125,55 @@ def test_convert_cli_roundtrip(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
+def test_convert_replaces_an_export_only_when_asked_and_only_whole(tmp_path):
+    """Into a folder that holds files: refused without --overwrite (config.json was silently
+    overwritten); with it the folder is replaced as a whole, files with the umask's mode
+    (model.safetensors was 0600)."""
+    torch.manual_seed(3)
+    save_bertforge(BertForQuestionAnswering(tiny()), tmp_path / "qa.pt")
+    dst = tmp_path / "hf"
+    dst.mkdir()
+    (dst / "config.json").write_text("mine\n")
+    (dst / "notes.txt").write_text("mine\n")
+
+    def run(*a, umask="022"):
+        return subprocess.run(["sh", "-c", f"umask {umask} && exec \"$0\" \"$@\"", sys.executable,
+                               "-m", "bertforge.convert", *map(str, a)],
+                              capture_output=True, text=True, cwd=REPO)
+
+    r = run("--from", "bertforge", "--to", "hf", tmp_path / "qa.pt", dst)
+    assert r.returncode == 2 and "holds files; pass --overwrite" in r.stderr, r.stderr
+    assert (dst / "config.json").read_text() == "mine\n"
+    for umask, mode in (("022", 0o644), ("027", 0o640)):
+        r = run("--from", "bertforge", "--to", "hf", tmp_path / "qa.pt", dst, "--overwrite", umask=umask)
+        assert r.returncode == 0, r.stderr
+        assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors"]
+        assert {p.name: p.stat().st_mode & 0o777 for p in dst.iterdir()} == \
+            {"config.json": mode, "model.safetensors": mode}
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
+
+
+def test_only_nvidias_vocab_padding_may_differ(tmp_path):
+    """30528 -> 30522 (NVIDIA's padding to a multiple of 8) loads; any other difference is
+    refused naming both sizes (a larger vocabulary used to be cut down silently)."""
+    cfg = tiny(vocab_size=1001)  # not a multiple of 8: NVIDIA pads it to 1008
+    torch.manual_seed(4)
+    m = BertForPreTraining(cfg)
+    padded = pad_vocab_size(cfg.vocab_size, 8)
+    assert padded > cfg.vocab_size
+    sd = {k: (torch.cat([v, v.new_zeros((padded - v.shape[0], *v.shape[1:]))]) if v.shape[0] == cfg.vocab_size
+              else v) for k, v in m.state_dict().items()}
+    torch.save({"model": sd}, tmp_path / "ngc.pt")
+    back, _ = load_pretrained(tmp_path / "ngc.pt", BertForPreTraining, config=cfg)
+    assert torch.equal(back.bert.embeddings.word_embeddings.weight, m.bert.embeddings.word_embeddings.weight)
+    bigger = {k: (torch.cat([v, v.new_zeros((padded + 8 - v.shape[0], *v.shape[1:]))])
+                  if v.shape[0] == cfg.vocab_size else v) for k, v in m.state_dict().items()}
+    torch.save({"model": bigger}, tmp_path / "bigger.pt")
+    with pytest.raises(CheckpointError, match=rf"vocabulary of {padded + 8} rows but the model's config has "
+                                              rf"vocab_size {cfg.vocab_size}"):
+        load_pretrained(tmp_path / "bigger.pt", BertForPreTraining, config=cfg)
+
+
 # ---- bad configs and checkpoints: one-line errors naming the problem ------------------------
 
 def test_config_unknown_and_missing_keys(tmp_path):
@@ -190,6 +239,7 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
     mark = tmp_path / "mark"
     monkeypatch.setenv("EVIL_MARK", str(mark))
     torch.save({"model": _Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match=r"GLOBAL exec\) that would be imported and called on load, so it could run code; refused"):
+    with pytest.raises(CheckpointError, match=r"GLOBAL builtins.exec\) that would be imported and called on load, "
+                                              r"so it could run code; refused: .*not with --trust_checkpoint either"):
         load_pretrained(tmp_path / "evil.pt", BertForPreTraining, config=tiny())
     assert not mark.exists()

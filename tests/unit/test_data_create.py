@@ -252,7 +252,7 @@ def test_bad_inputs(corpus, tmp_path, capsys):
     assert run("--input_file", tmp_path / "missing_dir", *base) == 2
 
 
-def test_no_partial_file_on_failure(corpus, tmp_path, monkeypatch):
+def test_no_partial_file_on_failure(corpus, tmp_path, monkeypatch, capsys):
     root, text, vocab = corpus
     import builtins
 
@@ -270,7 +270,10 @@ def test_no_partial_file_on_failure(corpus, tmp_path, monkeypatch):
     rc = run("--input_file", text, "--output_file", tmp_path / "o", "--vocab_file", vocab,
              "--dupe_factor", 1, "--num_shards", 1)
     assert rc == 2
-    assert [p.name for p in (tmp_path / "o").iterdir()] == []
+    # the message names the final file; nothing is left under the final name or beside it
+    assert f"cannot write {tmp_path / 'o' / 'training_shard_00000.hdf5'}: No space" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
 def test_whole_word_masking(corpus, tmp_path, real_data):

@@ -29,9 +29,10 @@ from bertforge.data.vocab import load_vocab, write_vocab
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
-# Sentences as the pipeline makes them: stripped, no line feed inside, anything else allowed.
+# Sentences as the pipeline makes them: stripped, no line feed inside, anything else allowed
+# but NUL (a NUL byte marks a binary file, which the reader refuses).
 _LINE_BREAKS = "\n\r"  # the format's own separators; \x85, \u2028, \x0b ... may occur in text
-sentence = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=_LINE_BREAKS),
+sentence = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=_LINE_BREAKS + "\x00"),
                    min_size=1, max_size=40).map(str.strip).filter(bool)
 documents = st.lists(st.lists(sentence, min_size=1, max_size=6), min_size=1, max_size=6)
 
