@@ -199,6 +199,34 @@ def test_same_shards_for_any_workers_and_tasks(corpus, tmp_path, monkeypatch):
                               ref["training_shard_00000.hdf5"]["input_ids"])
 
 
+def test_balance_by_two_tasks_swaps_in_the_whole_dataset_once_both_are_done(corpus, tmp_path):
+    """A balance step of two tasks: each writes its shards into one work folder beside the
+    output; the output changes only when the last task is done, then holds exactly what a
+    single task writes; an earlier dataset stays until then (with --overwrite)."""
+    root, text, vocab = corpus
+    common = ["--input_file", text, "--vocab_file", vocab, "--max_seq_length", 64,
+              "--max_predictions_per_seq", 10, "--dupe_factor", 2, "--num_shards", 4, "--random_seed", 7]
+    assert run(*common, "--output_file", tmp_path / "one") == 0
+    out = tmp_path / "two"
+    assert run(*common[:-2], "--random_seed", 8, "--output_file", out) == 0  # an earlier dataset
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    for r in range(2):
+        assert run(*common, "--output_file", out, "--rank", r, "--world_size", 2, "--overwrite") == 0
+    balance = ["--balance", "--output_file", out, "--vocab_file", vocab, "--num_shards", 4,
+               "--world_size", 2, "--overwrite"]
+    assert run(*balance, "--rank", 1) == 0  # the first task done: nothing swapped in yet
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".parts"} == earlier
+    work = tmp_path / ".two.balance-2"
+    assert sorted(p.name for p in work.glob("*.hdf5")) == ["training_shard_00001.hdf5",
+                                                           "training_shard_00003.hdf5"]
+    assert run(*balance, "--rank", 0) == 0  # the last: the whole new dataset at once
+    assert not work.exists() and not (out / ".parts").exists()
+    def dataset(d):  # the shards and their counts (the settings record also notes the tasks)
+        return {p.name: p.read_bytes() for p in d.iterdir() if p.name != ".bertforge_data.json"}
+
+    assert dataset(out) == dataset(tmp_path / "one") and (out / ".bertforge_data.json").is_file()
+
+
 def test_balance_refuses_unfinished_tasks(corpus, tmp_path):
     root, text, vocab = corpus
     assert run("--input_file", text, "--output_file", tmp_path / "o", "--vocab_file", vocab,
