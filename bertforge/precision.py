@@ -9,6 +9,10 @@
   after 2000 clean steps). An overflowing step is skipped: no optimizer update, no LR-schedule
   step, counted in ``skipped_steps``. ``--fp16`` on a machine without CUDA is a user error
   (decision: we do not silently switch to bf16, so a run's numerics are always the ones asked for).
+  ``--loss_scale S`` (S > 0, NVIDIA's 2020 flag) keeps the scale at S instead: overflowing
+  steps are still skipped, the scale never changes.
+- ``--tf32``: fp32 matmuls and convolutions on TF32 tensor cores (CUDA, Ampere or newer),
+  :func:`configure_tf32`; without it fp32 on CUDA is full fp32.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from bertforge.errors import ConfigError
 
-__all__ = ["Precision", "cpu_has_native_bf16"]
+__all__ = ["Precision", "cpu_has_native_bf16", "configure_tf32"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -32,6 +36,34 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def configure_tf32(enabled: bool, device: torch.device | str) -> str | None:
+    """Allow (or forbid) TF32 math for fp32 matmuls and cuDNN convolutions on a CUDA device.
+
+    Returns None when the setting acts, else the one-line reason it cannot (not a CUDA
+    device, or a GPU without TF32 units) for the caller to print.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return (f"TF32 is a tensor-core mode of NVIDIA GPUs (Ampere or newer); this run is on "
+                f"{device.type}, in fp32") if enabled else None
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    if enabled and torch.cuda.get_device_capability(device)[0] < 8:
+        return f"{torch.cuda.get_device_name(device)} has no TF32 units (Ampere or newer needed)"
+    return None
+
+
+class _StaticGradScaler(torch.amp.GradScaler):
+    """NVIDIA's ``--loss_scale S``: a fixed scale; steps with inf/nan gradients are skipped."""
+
+    def __init__(self, scale: float, device: str = "cuda") -> None:
+        super().__init__(device, init_scale=scale)
+        self._static_scale = float(scale)
+
+    def update(self, new_scale=None) -> None:
+        super().update(self._static_scale)
 
 
 @dataclass
@@ -50,8 +82,9 @@ class Precision:
 
     @classmethod
     def from_flags(cls, fp16: bool, bf16: bool, device: torch.device | str,
-                   init_loss_scale: float = 2.0**20, growth_interval: int = 2000) -> Precision:
-        """Build from the ``--fp16/--amp`` and ``--bf16`` flags.
+                   init_loss_scale: float = 2.0**20, growth_interval: int = 2000,
+                   loss_scale: float = 0.0) -> Precision:
+        """Build from the ``--fp16/--amp``, ``--bf16`` and ``--loss_scale`` flags.
 
         Raises:
             ConfigError: both flags, or fp16 without CUDA.
@@ -66,6 +99,10 @@ class Precision:
                     "use --bf16 or fp32 on a CPU")
             if init_loss_scale <= 0:
                 raise ConfigError(f"--init_loss_scale must be positive, got {init_loss_scale}")
+            if loss_scale < 0:
+                raise ConfigError(f"--loss_scale must be 0 (dynamic) or positive, got {loss_scale}")
+            if loss_scale > 0:
+                return cls("fp16", device, _StaticGradScaler(loss_scale))
             scaler = torch.amp.GradScaler("cuda", init_scale=float(init_loss_scale),
                                           growth_interval=growth_interval)
             return cls("fp16", device, scaler)

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
 from bertforge.errors import cli_entry
 
 __all__ = ["build_parser", "main"]
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("input and output")
     io.add_argument("--input_file", nargs="+", help="text file(s) or folder(s) of .txt/.jsonl")
     io.add_argument("--output_file", required=True,
-                    help="output directory (or one .hdf5 file when --num_shards is 1)")
+                    help="output directory, or one .hdf5/.h5 file (NVIDIA's form: all instances "
+                         "in that one file)")
     io.add_argument("--vocab_file", required=True, help="vocab.txt (one WordPiece per line)")
     io.add_argument("--do_lower_case", type=_bool, nargs="?", const=True, default=True,
                     metavar="BOOL", help="lower-case and strip accents (default true; "
@@ -82,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "one is complete; without it such an output is refused)")
     run.add_argument("--progress", type=_bool, default=None, metavar="BOOL",
                      help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("--bert_model", default="bert-large-uncased",
+                   help="NVIDIA's flag; the tokenizer is --vocab_file and --do_lower_case: one "
+                        "line says so")
+    add_dry_run(p, "any instance is made")
     return p.check(limits=LIMITS)
 
 
@@ -100,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     from bertforge.data.instances import InstanceConfig
     from bertforge.errors import UserError
 
+    argv = argv_of(argv)
     args = build_parser().parse_args(argv)
+    if given(argv, "--bert_model"):
+        note("--bert_model", f"the tokenizer is --vocab_file {args.vocab_file} with --do_lower_case "
+                             f"{str(args.do_lower_case).lower()}")
     rank, world_size = resolve_rank(args.rank, args.world_size)
     if args.output_format == "hdf5" and args.masking != "static":
         raise UserError("--masking none needs --output_format parquet")
@@ -119,6 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.input_file:
         raise UserError("--input_file is required (unless --balance)")
+    if args.dry_run:
+        from pathlib import Path
+
+        from bertforge.data.create import input_units
+
+        units = input_units(args.input_file)
+        if not Path(args.vocab_file).is_file():
+            raise UserError(f"--vocab_file {args.vocab_file}: no such file")
+        print(f"dry run: {len(units)} input file(s) -> {args.output_format} in {args.output_file}: "
+              "flags and inputs OK", file=sys.stderr)
+        return 0
     cfg = InstanceConfig(
         max_seq_length=args.max_seq_length, max_predictions_per_seq=args.max_predictions_per_seq,
         masked_lm_prob=args.masked_lm_prob, short_seq_prob=args.short_seq_prob,

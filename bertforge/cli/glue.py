@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.nvidia import add_dry_run, argv_of, note
 from bertforge.distributed import rank0_output_lock
-from bertforge.errors import ConfigError, cli_entry
+from bertforge.errors import ConfigError, DataError, cli_entry
 from bertforge.io import atomic_write_json, atomic_write_text, ensure_dir
 from bertforge.logging import Logger
 from bertforge.model.bert import BertForSequenceClassification
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--json-summary", dest="json_summary", default=None,
       help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
     a("--skip_checkpoint", action="store_true", help="do not save the fine-tuned model")
+    a("--loss_scale", type=float, default=0.0, help="fp16: 0 = dynamic loss scaling, > 0 = this static scale")
+    a("--tf32", action="store_true", help="TF32 tensor-core math for fp32 matmuls (CUDA, Ampere or newer)")
+    a("--server_ip", type=str, default="", help="with --server_port: wait for a remote debugger (debugpy) there")
+    a("--server_port", type=str, default="", help="with --server_ip: wait for a remote debugger (debugpy) there")
+    add_dry_run(p, "the model is loaded")
     return p.check(limits=LIMITS, outputs={"output_dir": "dir", "json_summary": "file"})
 
 
@@ -72,8 +78,36 @@ LIMITS = {
     "max_seq_length": "[1,1048576]", "train_batch_size": "[1,16777216]",
     "eval_batch_size": "[1,16777216]", "learning_rate": ">0", "num_train_epochs": ">=0",
     "warmup_proportion": "[0,1)", "gradient_accumulation_steps": "[1,16777216]",
-    "local_rank": ">=-1", "log_freq": ">=1",
+    "local_rank": ">=-1", "log_freq": ">=1", "loss_scale": ">=0",
 }
+
+
+def _remote_debugger(args) -> None:
+    """NVIDIA's --server_ip/--server_port: wait for a debugger to attach (ptvsd there; its
+    successor debugpy here, or ptvsd when that is what is installed)."""
+    if not (args.server_ip and args.server_port):
+        if args.server_ip or args.server_port:
+            note("--server_ip/--server_port", "both are needed to wait for a remote debugger")
+        return
+    try:
+        port = int(args.server_port)
+    except ValueError:
+        raise ConfigError(f"--server_port must be a port number, got {args.server_port!r}") from None
+    try:
+        import debugpy
+    except ImportError:
+        try:
+            import ptvsd as debugpy  # NVIDIA's choice; same two calls
+        except ImportError:
+            note("--server_ip/--server_port", "waiting for a remote debugger needs the debugpy package "
+                                              "(pip install debugpy), which is not installed")
+            return
+    print(f"waiting for a debugger to attach at {args.server_ip}:{port}", flush=True)
+    if hasattr(debugpy, "listen"):
+        debugpy.listen((args.server_ip, port))
+    else:
+        debugpy.enable_attach(address=(args.server_ip, port), redirect_output=True)
+    debugpy.wait_for_attach() if hasattr(debugpy, "wait_for_attach") else debugpy.wait_for_client()
 
 
 def _loss(task: glue.GlueTask):
@@ -117,14 +151,27 @@ def _evaluate(args, task, examples, model, tokenizer, rt) -> dict:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv_of(argv))
+    if args.loss_scale and not args.fp16:
+        note("--loss_scale", "loss scaling is used only with --fp16")
+    _remote_debugger(args)
     task = glue.get_task(args.task_name)
     if not (args.do_train or args.do_eval or args.do_predict):
         raise ConfigError("nothing to do: give --do_train, --do_eval and/or --do_predict")
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data_dir {args.data_dir}: no such directory")
+    if args.dry_run:
+        for flag in ("vocab_file", "config_file"):
+            if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
+                raise DataError(f"--{flag} {getattr(args, flag)}: no such file")
+        if not Path(args.init_checkpoint).exists():
+            raise DataError(f"--init_checkpoint {args.init_checkpoint}: no such file or directory")
+        print(f"dry run: {task.name} from {args.init_checkpoint} into {args.output_dir}: "
+              "flags and inputs OK", flush=True)
+        return {}
     rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
-                                local_rank=args.local_rank if args.local_rank >= 0 else None)
+                                local_rank=args.local_rank if args.local_rank >= 0 else None,
+                                tf32=args.tf32, loss_scale=args.loss_scale)
     with rank0_output_lock(args.output_dir, "--output_dir", rt):
         return _run(args, task, rt)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
 from bertforge.errors import ConfigError, DataError, cli_entry
 from bertforge.io import atomic_write_json, read_input_text
 from bertforge.model.bert import BertForQuestionAnswering
@@ -32,6 +33,21 @@ from bertforge.train.finetune import check_inputs_fit, load_task_model
 
 __all__ = ["build_parser", "main", "read_batch"]
 
+# NVIDIA's inference.py answers this sample when --question/--context are not given.
+SAMPLE_QUESTION = "Most antibiotics target bacteria and don't affect what class of organisms? "
+SAMPLE_CONTEXT = (
+    "Within the genitourinary and gastrointestinal tracts, commensal flora serve as biological "
+    "barriers by competing with pathogenic bacteria for food and space and, in some cases, by "
+    "changing the conditions in their environment, such as pH or available iron. This reduces "
+    "the probability that pathogens will reach sufficient numbers to cause illness. However, "
+    "since most antibiotics non-specifically target bacteria and do not affect fungi, oral "
+    "antibiotics can lead to an overgrowth of fungi and cause conditions such as a vaginal "
+    "candidiasis (a yeast infection). There is good evidence that re-introduction of probiotic "
+    "flora, such as pure cultures of the lactobacilli normally found in unpasteurized yogurt, "
+    "helps restore a healthy balance of microbial populations in intestinal infections in "
+    "children and encouraging preliminary data in studies on bacterial gastroenteritis, "
+    "inflammatory bowel diseases, urinary tract infection and post-surgical infections. ")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="inference.py", description="Question answering with a fine-tuned BERT.")
@@ -41,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="model name (NVIDIA's flag); a name ending in 'uncased' implies --do_lower_case")
     a("--vocab_file", default=None, help="WordPiece vocab.txt (default: vocab.txt of an HF --init_checkpoint)")
     a("--config_file", default=None, help="bert_config.json (needed for NGC files)")
-    a("--question", default=None, help="the question")
-    a("--context", default=None, help="the text holding the answer")
+    a("--question", default=SAMPLE_QUESTION, help="the question (default: NVIDIA's sample question)")
+    a("--context", default=SAMPLE_CONTEXT, help="the text holding the answer (default: NVIDIA's sample)")
     a("--json", dest="json_file", default=None, help="a JSON file of questions to answer in one batch")
     a("--output", default=None, help="with --json: write the answers here instead of stdout")
     a("--max_seq_length", type=int, default=384)
@@ -52,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_answer_length", type=int, default=30)
     a("--batch_size", type=int, default=8, help="windows per forward pass")
     a("--do_lower_case", action="store_true")
-    a("--can_give_negative_answer", action="store_true",
+    a("--can_give_negative_answer", "--version_2_with_negative", dest="can_give_negative_answer",
+      action="store_true",
       help="SQuAD 2.0 model: answer '' when the question has no answer in the context")
+    a("--verbose_logging", action="store_true", help="NVIDIA's flag (see docs/nvidia.md)")
     a("--null_score_diff_threshold", type=float, default=-11.0,
       help="with --can_give_negative_answer: answer '' when null score - best span score exceeds this")
     a("--no_gpu", "--no_cuda", dest="no_gpu", action="store_true", help="run on the CPU even when CUDA is available")
@@ -62,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=1, help="torch seed (inference is deterministic; kept for NVIDIA's flag)")
     a("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
       help="CUDA device index to use (NVIDIA's flag)")
+    add_dry_run(p, "the model is loaded")
     return p.check(limits=LIMITS, outputs={"output": "file"})
 
 
@@ -103,13 +122,24 @@ def _device(args) -> torch.device:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[dict]:
+    argv = argv_of(argv)
     args = build_parser().parse_args(argv)
-    if args.json_file is None and (args.question is None or args.context is None):
-        raise ConfigError("give --question and --context, or --json FILE")
-    if args.json_file is not None and (args.question is not None or args.context is not None):
+    if args.verbose_logging:
+        note("--verbose_logging", "answers are cut from the context by character offsets, so there is "
+                                  "no answer-text alignment whose failures it would log")
+    if args.json_file is not None and given(argv, "--question", "--context"):
         raise ConfigError("--json cannot be combined with --question/--context")
     if args.output and not args.json_file:
         raise ConfigError("--output goes with --json")
+    if args.dry_run:
+        for flag in ("vocab_file", "config_file"):
+            if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
+                raise DataError(f"--{flag} {getattr(args, flag)}: no such file")
+        if not Path(args.init_checkpoint).exists():
+            raise DataError(f"--init_checkpoint {args.init_checkpoint}: no such file or directory")
+        n = len(read_batch(args.json_file)) if args.json_file else 1
+        print(f"dry run: {n} question(s) for {args.init_checkpoint}: flags and inputs OK", flush=True)
+        return []
     torch.manual_seed(args.seed)
     items = read_batch(args.json_file) if args.json_file else \
         [{"id": "0", "question": args.question, "context": args.context}]

@@ -13,31 +13,13 @@ batch is ``train_batch_size * world_size``. These derived values are computed
 from __future__ import annotations
 
 import argparse
-import math
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.nvidia import add_dry_run, argv_of, given, note, number
 from bertforge.errors import cli_entry
 from bertforge.optim import OPTIMIZERS
 
 __all__ = ["build_parser", "main"]
-
-
-def _int_like(s: str) -> int:
-    """NVIDIA declares some integer flags as float (``--max_steps 1e6``): accept both."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
-    if v.is_integer() and abs(v) >= 2**53:  # beyond float precision: read it as an integer
-        try:
-            return int(s)
-        except ValueError:
-            return int(v)
-    if v != int(v):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}")
-    return int(v)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--gradient_accumulation_steps", type=int, default=1,
                    help="micro-batches per optimizer step; must divide --train_batch_size")
     o.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
-    o.add_argument("--max_steps", type=_int_like, default=1000,
-                   help="optimizer steps of this phase (skipped fp16 steps not counted)")
+    o.add_argument("--max_steps", type=number, default=1000,
+                   help="optimizer steps of this phase (skipped fp16 steps not counted); a "
+                        "fraction rounds up, as NVIDIA's float comparison does")
+    o.add_argument("--num_train_epochs", type=float, default=3.0,
+                   help="NVIDIA's flag; pretraining length is --max_steps (NVIDIA's "
+                        "run_pretraining.py does not read it either): one line says so")
     o.add_argument("--warmup_proportion", type=float, default=0.01,
                    help="fraction of --max_steps of linear warmup (then poly decay, power 0.5)")
     o.add_argument("--optimizer", choices=OPTIMIZERS, default="lamb",
@@ -98,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU)")
     m.add_argument("--init_loss_scale", type=float, default=2.0**20,
                    help="initial fp16 loss scale")
+    m.add_argument("--loss_scale", type=float, default=0.0,
+                   help="fp16: 0 = dynamic loss scaling (from --init_loss_scale), > 0 = this "
+                        "static scale (overflowing steps are still skipped)")
+    m.add_argument("--tf32", action="store_true",
+                   help="allow TF32 tensor-core math for fp32 matmuls and convolutions (CUDA, "
+                        "Ampere or newer); run_pretraining.sh passes it for precision tf32")
+    m.add_argument("--disable_jit_fusions", action="store_true",
+                   help="turn bertforge's fused training blocks off (plain PyTorch ops)")
+    m.add_argument("--cuda_graphs", action="store_true",
+                   help="CUDA: compile the model with CUDA graphs (torch.compile mode "
+                        "reduce-overhead); on a CPU one line says it has no effect")
     m.add_argument("--checkpoint_activations", action="store_true",
                    help="recompute each layer's activations in backward (less memory)")
     m.add_argument("--no_dense_sequence_output", action="store_true",
@@ -128,12 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="phase 1's last step: offset of phase-2 step numbers and checkpoint "
                         "names (default: the step of the phase-1 checkpoint)")
     c.add_argument("--steps_this_run", type=int, default=-1,
-                   help="stop (with a checkpoint) after this many steps in this run (-1: none)")
+                   help="stop (with a checkpoint) once the step of this phase reaches this "
+                        "number, NVIDIA's absolute cap (-1: --max_steps)")
     c.add_argument("--do_train", action="store_true",
                    help="train (without it, only evaluate --init_checkpoint on --eval_dir)")
 
     g = p.add_argument_group("logging and launch")
-    g.add_argument("--log_freq", type=_int_like, default=1, help="log every N steps")
+    g.add_argument("--log_freq", type=number, default=1.0,
+                   help="log every N steps (NVIDIA's float: when step %% N == 0)")
     g.add_argument("--json-summary", "--json_summary", dest="json_summary", default=None,
                    help="dllogger JSON-lines file (default: <output_dir>/dllogger.json)")
     g.add_argument("--tensorboard_dir", default=None,
@@ -146,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a collective may wait for a dead rank before failing")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="force the device (default: CUDA when available)")
+    g.add_argument("--use_env", action="store_true",
+                   help="NVIDIA's flag; the local rank always comes from LOCAL_RANK when the "
+                        "launcher sets it: one line says so")
+    g.add_argument("--bert_model", default="bert-large-uncased",
+                   help="NVIDIA's 2020 flag; the model is --config_file: one line says so")
+    g.add_argument("--profile", action="store_true",
+                   help="record a torch.profiler trace of 5 optimizer steps after "
+                        "--profile-start to <output_dir>/profile_rank<R>.json")
+    g.add_argument("--profile-start", "--profile_start", dest="profile_start", type=int, default=0,
+                   help="with --profile: the step after which recording starts (0: the first)")
+    add_dry_run(p, "training")
     return p.check(limits=LIMITS, outputs={"output_dir": "dir", "json_summary": "file",
                                            "tensorboard_dir": "dir"})
 
@@ -159,8 +169,24 @@ LIMITS = {
     "warmup_proportion": "[0,1)", "weight_decay": ">=0", "max_grad_norm": ">=0",
     "init_loss_scale": ">0", "resume_step": ">=0", "num_steps_per_checkpoint": ">=1",
     "keep_checkpoints": ">=1", "phase1_end_step": ">=0", "steps_this_run": ">=1",
-    "log_freq": ">=1", "local_rank": ">=0", "dist_timeout": ">0",
+    "log_freq": ">0", "local_rank": ">=0", "dist_timeout": ">0",
+    "loss_scale": ">=0", "num_train_epochs": ">=0", "profile_start": ">=0",
 }
+
+
+def _notes(args, argv: list[str]) -> None:
+    """One line for each given flag that cannot act (see bertforge.cli.nvidia)."""
+    if given(argv, "--use_env"):
+        note("--use_env", "the local rank is always read from LOCAL_RANK when the launcher sets it")
+    if given(argv, "--bert_model"):
+        note("--bert_model", f"the model is defined by --config_file {args.config_file}")
+    if given(argv, "--num_train_epochs"):
+        note("--num_train_epochs", f"pretraining runs --max_steps {args.max_steps} optimizer steps "
+                                   "(NVIDIA's run_pretraining.py does not read it either)")
+    if args.loss_scale and not args.fp16:
+        note("--loss_scale", "loss scaling is used only with --fp16")
+    if args.profile_start and not args.profile:
+        note("--profile-start", "it only delays --profile")
 
 
 @cli_entry
@@ -168,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags and run pretraining; returns the exit status (see docs/pretraining.md)."""
     from bertforge.train.pretrain import run
 
+    argv = argv_of(argv)
     args = build_parser().parse_args(argv)
+    _notes(args, argv)
+    if args.dry_run:
+        from bertforge.train.pretrain import dry_run
+
+        return dry_run(args)
     return run(args)
 
 

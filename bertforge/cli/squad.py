@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
 from bertforge.distributed import rank0_output_lock
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
 from bertforge.io import atomic_path, atomic_write_json, ensure_dir
 from bertforge.logging import Logger
 from bertforge.model.bert import BertForQuestionAnswering
+from bertforge.profiling import StepProfiler
 from bertforge.tasks import squad
 from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2, load_squad_json
 from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
@@ -85,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cache_dir", default=None,
       help="where to cache training features (default: next to --train_file when that folder "
            "is yours and writable, as NVIDIA's code does, else --output_dir)")
+    a("--eval_script", default="evaluate.py",
+      help="with --do_eval: the official evaluate-v1.1.py/-v2.0.py; when the file exists it is run "
+           "and its scores are reported (else bertforge's transcription of its formulas is used)")
+    a("--verbose_logging", action="store_true", help="NVIDIA's flag (see docs/nvidia.md)")
+    a("--use_env", action="store_true", help="NVIDIA's flag; the local rank always comes from LOCAL_RANK")
+    a("--disable-progress-bar", "--disable_progress_bar", dest="disable_progress_bar", action="store_true",
+      help="NVIDIA's flag; run_squad.py shows no progress bar")
+    a("--loss_scale", type=float, default=0.0,
+      help="fp16: 0 = dynamic loss scaling, > 0 = this static scale")
+    a("--tf32", action="store_true", help="TF32 tensor-core math for fp32 matmuls (CUDA, Ampere or newer)")
+    a("--profile", action="store_true",
+      help="record a torch.profiler trace of 5 training steps (or prediction batches) to "
+           "<output_dir>/profile_rank<R>.json")
+    add_dry_run(p, "features are built or the model is loaded")
     return p.check(limits=LIMITS, outputs={"output_dir": "dir", "json_summary": "file", "cache_dir": "dir"})
 
 
@@ -94,8 +110,22 @@ LIMITS = {
     "train_batch_size": "[1,16777216]", "predict_batch_size": "[1,16777216]",
     "learning_rate": ">0", "num_train_epochs": ">=0", "warmup_proportion": "[0,1)",
     "n_best_size": "[1,100000]", "max_answer_length": ">=1",
-    "gradient_accumulation_steps": "[1,16777216]", "local_rank": ">=-1", "log_freq": ">=1",
+    "gradient_accumulation_steps": "[1,16777216]", "local_rank": ">=-1", "log_freq": ">=1", "loss_scale": ">=0",
 }
+
+
+def _notes(args, argv: list[str]) -> None:
+    if args.verbose_logging:
+        note("--verbose_logging", "answers are cut from the context by character offsets, so there is "
+                                  "no answer-text alignment whose failures it would log")
+    if given(argv, "--use_env"):
+        note("--use_env", "the local rank is always read from LOCAL_RANK when the launcher sets it")
+    if args.disable_progress_bar:
+        note("--disable-progress-bar", "run_squad.py shows no progress bar (dllogger lines every --log_freq steps)")
+    if args.loss_scale and not args.fp16:
+        note("--loss_scale", "loss scaling is used only with --fp16")
+    if given(argv, "--eval_script") and not args.do_eval:
+        note("--eval_script", "it is run only with --do_eval")
 
 
 def _validate(args) -> None:
@@ -192,8 +222,14 @@ def _predict_and_eval(args, examples, model, tokenizer, rt, logger) -> dict:
     logger.log("PARAMETER", {"eval_samples": len(examples), "eval_features": len(feats),
                              "predict_batch_size": args.predict_batch_size})
     t0 = time.perf_counter()
-    (start, end), latencies = finetune.predict(model, feats.arrays(), args.predict_batch_size, _qa_forward,
-                                               precision=rt.precision)
+    profiler = StepProfiler(args.output_dir, rank=rt.rank, what="prediction batches",
+                            enabled=args.profile and not args.do_train)
+    try:
+        (start, end), latencies = finetune.predict(model, feats.arrays(), args.predict_batch_size,
+                                                   _qa_forward, precision=rt.precision,
+                                                   on_batch=profiler.step)
+    finally:
+        profiler.close()
     infer_time = time.perf_counter() - t0
     preds = squad.decode(examples, feats, start, end, n_best_size=args.n_best_size,
                          max_answer_length=args.max_answer_length,
@@ -218,6 +254,9 @@ def _predict_and_eval(args, examples, model, tokenizer, rt, logger) -> dict:
         else:
             metrics = evaluate_v1(data, preds_json, warn=None)
             metrics = {"exact_match": metrics["exact_match"], "F1": metrics["f1"]}
+        official = _run_eval_script(args, out / "predictions.json")
+        if official is not None:
+            metrics = {**metrics, **official}
         atomic_write_json(out / "eval_results.json", metrics)
         print(json.dumps(metrics), flush=True)
         results.update(metrics)
@@ -225,12 +264,56 @@ def _predict_and_eval(args, examples, model, tokenizer, rt, logger) -> dict:
     return results
 
 
+def _run_eval_script(args, predictions: Path) -> dict | None:
+    """NVIDIA's way: ``python <eval_script> <predict_file> predictions.json``, whose printed JSON
+    holds the scores. None (with one line) when the script is not there."""
+    import subprocess
+    import sys
+
+    script = Path(args.eval_script)
+    if not script.is_file():
+        note(f"--eval_script {args.eval_script}",
+             "no such file; EM/F1 come from bertforge's transcription of the official formulas")
+        return None
+    proc = subprocess.run([sys.executable, str(script), args.predict_file, str(predictions)],
+                          capture_output=True, text=True)
+    try:
+        scores = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        scores = None
+    if proc.returncode != 0 or not isinstance(scores, dict):
+        raise DataError(f"--eval_script {script} failed (exit {proc.returncode}): "
+                        f"{(proc.stderr or proc.stdout).strip()[-200:]}")
+    # evaluate-v1.1.py prints {"exact_match", "f1"}, evaluate-v2.0.py {"exact", "f1", ...}
+    em = scores.get("exact_match", scores.get("exact"))
+    return {"exact_match": em, "F1": scores.get("f1"), "eval_script": str(script)}
+
+
+def _dry_run(args) -> dict:
+    for flag in ("vocab_file", "config_file"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise DataError(f"--{flag} {path}: no such file")
+    if not Path(args.init_checkpoint).exists():
+        raise DataError(f"--init_checkpoint {args.init_checkpoint}: no such file or directory")
+    what = " + ".join(w for w, on in (("train", args.do_train), ("predict", args.do_predict),
+                                       ("eval", args.do_eval)) if on)
+    print(f"dry run: {what} from {args.init_checkpoint} into {args.output_dir}: flags and inputs OK",
+          flush=True)
+    return {}
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
+    argv = argv_of(argv)
     args = build_parser().parse_args(argv)
+    _notes(args, argv)
     _validate(args)
+    if args.dry_run:
+        return _dry_run(args)
     rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
-                                local_rank=args.local_rank if args.local_rank >= 0 else None)
+                                local_rank=args.local_rank if args.local_rank >= 0 else None,
+                                tf32=args.tf32, loss_scale=args.loss_scale)
     with rank0_output_lock(args.output_dir, "--output_dir", rt):
         return _run(args, rt)
 
@@ -262,8 +345,13 @@ def _run(args, rt) -> dict:
             max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
             train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
             seed=args.seed, log_freq=args.log_freq)
-        summary = finetune.train(finetune.wrap_ddp(model, rt), train_arrays, _qa_loss, cfg, precision=rt.precision,
-                                 rank=rt.rank, world_size=rt.world_size, logger=logger)
+        profiler = StepProfiler(args.output_dir, rank=rt.rank, what="training steps", enabled=args.profile)
+        try:
+            summary = finetune.train(finetune.wrap_ddp(model, rt), train_arrays, _qa_loss, cfg,
+                                     precision=rt.precision, rank=rt.rank, world_size=rt.world_size,
+                                     logger=logger, on_step=profiler.step)
+        finally:
+            profiler.close()
         train_results = {"e2e_train_time": summary.train_time_s, "final_loss": summary.final_loss,
                          "training_sequences_per_second": summary.sequences_per_second}
         logger.log((), train_results)

@@ -553,7 +553,8 @@ def create_pretraining_shards(
 ) -> CreateResult:
     """Text files -> final shards (one task) or this task's parts (several tasks).
 
-    ``num_shards=0`` means one shard per input file. An output holding a dataset is
+    ``num_shards=0`` means one shard per input file, or one file when ``output`` names an
+    HDF5 file (``X.hdf5``/``X.h5``, as NVIDIA's create_pretraining_data.py writes it). An output holding a dataset is
     replaced (whole, once the new one is complete) only with ``overwrite``.
     """
     t0 = time.perf_counter()
@@ -569,7 +570,7 @@ def create_pretraining_shards(
     check_output_path(out, "--output_file", "file" if single else "dir")
     vocab = check_pretraining_vocab(vocab_file)
     units = input_units(inputs)
-    n_shards = num_shards or len(units)
+    n_shards = num_shards or (1 if single else len(units))  # X.hdf5: one file, as NVIDIA's
     if world_size == 1:
         lock = output_lock(out, "--output_file", sibling=True)
     else:  # tasks share the output; each holds its own part of .parts

@@ -599,8 +599,11 @@ class BertForPreTraining(BertPreTrainedModel):
 
 
 def pretraining_loss(prediction_scores: torch.Tensor, seq_relationship_score: torch.Tensor,
-                     masked_lm_labels: torch.Tensor, next_sentence_labels: torch.Tensor | None):
+                     masked_lm_labels: torch.Tensor, next_sentence_labels: torch.Tensor | None,
+                     fused: bool = True):
     """MLM + NSP cross-entropy, as NVIDIA's BertPretrainingCriterion.
+
+    ``fused=False`` uses ``F.cross_entropy`` also where the fused CPU block would run.
 
     masked_lm_labels: [B, L] with -1 (or -100) where not masked; with [M, V] scores the
     labels are compacted in the same row-major order the model gathered them; with [B, P, V]
@@ -612,7 +615,8 @@ def pretraining_loss(prediction_scores: torch.Tensor, seq_relationship_score: to
     else:
         labels = labels.reshape(-1).masked_fill(labels.reshape(-1) == -100, IGNORE_INDEX)
         prediction_scores = prediction_scores.reshape(-1, prediction_scores.shape[-1])
-    if prediction_scores.requires_grad and torch.is_grad_enabled() and prediction_scores.device.type == "cpu":
+    if (fused and prediction_scores.requires_grad and torch.is_grad_enabled()
+            and prediction_scores.device.type == "cpu"):
         mlm = cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)
     else:
         mlm = F.cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)

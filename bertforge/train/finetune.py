@@ -249,8 +249,12 @@ def _split(batch: dict[str, np.ndarray], parts: int) -> list[dict[str, np.ndarra
 
 def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
           loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor], cfg: FinetuneConfig, *,
-          precision: Precision, rank: int = 0, world_size: int = 1, logger=None) -> TrainSummary:
+          precision: Precision, rank: int = 0, world_size: int = 1, logger=None,
+          on_step: Callable[[int], None] | None = None) -> TrainSummary:
     """Fine-tune ``model`` in place on ``arrays`` (rows = examples/windows).
+
+    ``on_step(n)`` (e.g. a --profile recorder) is called with 0 before the first step and
+    with the number of completed steps after each.
 
     ``model`` is on its device (and DDP-wrapped when ``world_size > 1``). ``loss_fn(model,
     batch)`` gets a dict of tensors on that device (a micro-batch) and returns its mean loss.
@@ -273,6 +277,8 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     start = time.perf_counter()
     epoch = 0
+    if on_step is not None:
+        on_step(0)
     while step < total:
         for batch in loader.epoch(epoch):
             micro = [to_device(_trim(mb), device) for mb in _split(batch, cfg.gradient_accumulation_steps)]
@@ -280,6 +286,8 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
             step += 1
             seqs += len(batch["input_ids"])
             loss_sum += result.loss_tensor
+            if on_step is not None:
+                on_step(step)
             if step % cfg.log_freq == 0 or step == total:
                 last = result.loss  # reading the loss syncs: only every log_freq steps
                 if logger is not None:
@@ -300,8 +308,11 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
 @torch.inference_mode()
 def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_size: int,
             forward: Callable[[torch.nn.Module, dict], tuple | torch.Tensor], *,
-            precision: Precision) -> tuple[list[np.ndarray], list[float]]:
+            precision: Precision, on_batch: Callable[[int], None] | None = None
+            ) -> tuple[list[np.ndarray], list[float]]:
     """Run ``forward(model, batch)`` over ``arrays`` in order, ``batch_size`` rows at a time.
+
+    ``on_batch(n)`` is called with 0 first and with the number of finished batches after each.
 
     Returns the outputs (each output of ``forward`` concatenated over batches as float32,
     [N, ...]; sequence outputs are padded back to the full length with -1e4) and the
@@ -318,6 +329,8 @@ def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_size: i
     latencies = []
     cuda = precision.device.type == "cuda"
     try:
+        if on_batch is not None:
+            on_batch(0)
         for i in range(0, n, batch_size):
             batch = to_device(_trim({k: v[i:i + batch_size] for k, v in arrays.items()}), precision.device)
             t0 = time.perf_counter()
@@ -334,6 +347,8 @@ def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_size: i
                 if len(chunks) <= j:
                     chunks.append([])
                 chunks[j].append(o)
+            if on_batch is not None:
+                on_batch(len(latencies))
     finally:
         model.train(was_training)
     return [np.concatenate(c) for c in chunks], latencies
@@ -377,8 +392,11 @@ class Runtime:
 
 
 def setup_runtime(*, seed: int, fp16: bool = False, bf16: bool = False, no_cuda: bool = False,
-                  local_rank: int | None = None) -> Runtime:
+                  local_rank: int | None = None, tf32: bool = False, loss_scale: float = 0.0) -> Runtime:
     """Initialise distributed training (torchrun / Slurm variables), device, precision and seeds.
+
+    ``tf32`` allows TF32 math on CUDA (one line says it has no effect elsewhere);
+    ``loss_scale`` > 0 is a static fp16 loss scale (NVIDIA's ``--loss_scale``).
 
     Seeds python, numpy and torch with ``seed`` (the same on every rank: the model's new
     head starts identical everywhere; the data order comes from the loader's own seed).
@@ -388,7 +406,12 @@ def setup_runtime(*, seed: int, fp16: bool = False, bf16: bool = False, no_cuda:
     from bertforge.distributed import init_distributed
 
     info = init_distributed(local_rank=local_rank, device="cpu" if no_cuda else None)
-    precision = Precision.from_flags(fp16, bf16, info.device)
+    from bertforge.precision import configure_tf32
+
+    precision = Precision.from_flags(fp16, bf16, info.device, loss_scale=loss_scale)
+    why = configure_tf32(tf32, info.device)
+    if why and info.is_main:
+        print(f"note: --tf32 has no effect: {why}", flush=True)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -41,6 +41,7 @@ from bertforge.logging import Logger, require_tensorboard
 from bertforge.memory import require_model_memory
 from bertforge.optim import PolyWarmUpScheduler, build_optimizer
 from bertforge.precision import Precision
+from bertforge.profiling import StepProfiler
 from bertforge.train.loop import TrainStep
 
 __all__ = ["run", "micro_batch_size", "global_batch_size", "PretrainingLoss",
@@ -101,6 +102,10 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise ConfigError(f"--train_batch_size {args.train_batch_size} is not divisible by "
                           f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    if not (math.isfinite(args.max_steps) and args.max_steps >= 1):
+        raise ConfigError(f"--max_steps must be a finite number >= 1, got {args.max_steps}")
+    if not (math.isfinite(args.log_freq) and args.log_freq > 0):
+        raise ConfigError(f"--log_freq must be a positive number, got {args.log_freq}")
     if args.resume_phase2 and not args.phase2:
         raise ConfigError("--resume_phase2 needs --phase2")
     if args.resume_step != -1 and not args.resume_from_checkpoint:
@@ -125,11 +130,12 @@ class PretrainingLoss:
     positions ([M, V]); otherwise at every position ([B, L, V]) with ignored labels.
     """
 
-    def __init__(self, dense_sequence_output: bool = True) -> None:
+    def __init__(self, dense_sequence_output: bool = True, fused: bool = True) -> None:
         from bertforge.model.bert import pretraining_loss
 
         self._loss = pretraining_loss
         self.dense = dense_sequence_output
+        self.fused = fused
         self.last_mlm: torch.Tensor | None = None
         self.last_nsp: torch.Tensor | None = None
 
@@ -138,7 +144,8 @@ class PretrainingLoss:
         scores, nsp_scores = model(batch["input_ids"], batch["token_type_ids"],
                                    batch["attention_mask"],
                                    masked_lm_labels=labels if self.dense else None)
-        total, mlm, nsp = self._loss(scores, nsp_scores, labels, batch["next_sentence_labels"])
+        total, mlm, nsp = self._loss(scores, nsp_scores, labels, batch["next_sentence_labels"],
+                                     fused=self.fused)
         self.last_mlm, self.last_nsp = mlm.detach(), nsp.detach()
         return total
 
@@ -395,6 +402,57 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _device_flags(args, model, info: DistInfo) -> None:
+    """--tf32 and --cuda_graphs act on CUDA; elsewhere one line each says why they cannot."""
+    from bertforge.cli.nvidia import note
+    from bertforge.precision import configure_tf32
+
+    why = configure_tf32(bool(getattr(args, "tf32", False)), info.device)
+    if why and info.is_main:
+        note("--tf32", why)
+    if getattr(args, "cuda_graphs", False):
+        if info.device.type == "cuda":
+            model.compile(mode="reduce-overhead")  # CUDA graphs through torch.compile
+        elif info.is_main:
+            note("--cuda_graphs", f"CUDA graphs need a CUDA device; this run is on {info.device.type}")
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    """``--dry_run``: check the flags and the files they name, say what would run, stop."""
+    from bertforge.data.loader import discover_shards
+
+    validate_args(args)
+    if args.fp16 and args.bf16:
+        raise ConfigError("--fp16/--amp and --bf16 are mutually exclusive")
+    config = ModelConfig.from_json_file(args.config_file)
+    if args.max_seq_length > config.max_position_embeddings:
+        raise ConfigError(f"--max_seq_length {args.max_seq_length} exceeds max_position_embeddings "
+                          f"{config.max_position_embeddings} of {args.config_file}")
+    for flag in ("input_dir", "eval_dir"):
+        d = getattr(args, flag)
+        if d is not None and Path(d).is_dir() and not discover_shards(d):
+            raise DataError(f"no training shards (.hdf5/.h5/.parquet) in --{flag} {d}")
+    if args.do_train:
+        _check_vocab_of_shards(args.input_dir, args.vocab_file)
+    if args.init_checkpoint and not Path(args.init_checkpoint).exists():
+        raise CheckpointError(f"--init_checkpoint {args.init_checkpoint} does not exist")
+    phase = 2 if args.phase2 else 1
+    latest = find_latest(args.output_dir)
+    if phase == 1 and latest is not None and not args.resume_from_checkpoint:
+        raise ConfigError(f"--output_dir {args.output_dir} already holds checkpoints ({latest.name}); "
+                          "pass --resume_from_checkpoint or use another --output_dir")
+    start = (latest.name if latest is not None and args.resume_from_checkpoint else
+             args.init_checkpoint or ("phase 1's last checkpoint in --output_dir" if phase == 2
+                                      else "random weights"))
+    if args.fp16 and not torch.cuda.is_available() and args.device != "cuda":
+        print("dry run: note: --fp16 needs a CUDA device, which this machine lacks", flush=True)
+    print(f"dry run: phase {phase}, {args.max_steps} steps of {args.train_batch_size} sequences per "
+          f"rank ({args.gradient_accumulation_steps} micro-batches), {config.num_hidden_layers} "
+          f"layers x {config.hidden_size}, data {args.input_dir}, start from {start}, "
+          f"checkpoints in {args.output_dir}: flags and inputs OK", flush=True)
+    return 0
+
+
 # -- the run -------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Pretrain as the flags say; returns the process exit status (see module docstring)."""
@@ -439,6 +497,8 @@ class _Trainer:
         model = BertForPreTraining(self.config)
         if args.checkpoint_activations:
             model.bert.encoder.gradient_checkpointing = True
+        if getattr(args, "disable_jit_fusions", False):  # NVIDIA's flag: our fused blocks off
+            model.set_fused(False)
         init_opt = None
         if start.checkpoint is not None:
             from bertforge.model.convert import load_state_dict_strict, normalize_state_dict
@@ -450,7 +510,9 @@ class _Trainer:
         model.to(info.device)
         self.model_core = model
         self.precision = Precision.from_flags(args.fp16, args.bf16, info.device,
-                                              init_loss_scale=args.init_loss_scale)
+                                              init_loss_scale=args.init_loss_scale,
+                                              loss_scale=getattr(args, "loss_scale", 0.0))
+        _device_flags(args, model, info)
         self.start = start
         self.init_opt = init_opt
         # Dropout (and dynamic masking in worker-less loaders) differ per rank, as NVIDIA seeds.
@@ -512,7 +574,8 @@ class _Trainer:
 
                 model.register_comm_hook(None, default_hooks.fp16_compress_hook)
         self.model = model
-        self.loss_fn = PretrainingLoss(dense_sequence_output=not args.no_dense_sequence_output)
+        self.loss_fn = PretrainingLoss(dense_sequence_output=not args.no_dense_sequence_output,
+                                       fused=not getattr(args, "disable_jit_fusions", False))
         self.train_step = TrainStep(model, self.optimizer, self.scheduler, self.precision,
                                     accumulation_steps=args.gradient_accumulation_steps,
                                     max_grad_norm=args.max_grad_norm,
@@ -631,7 +694,9 @@ class _Trainer:
             progress = tqdm(total=args.max_steps, initial=self.step, desc=f"phase {self.phase}",
                             unit="step", dynamic_ncols=True)
         it = iter(self.loader)
-        end_step = args.max_steps if args.steps_this_run < 0 else min(args.max_steps, self.step + args.steps_this_run)
+        # NVIDIA's --steps_this_run is an absolute cap on this phase's step (both generations
+        # compare it with the phase's global step after each step); -1 means --max_steps.
+        end_step = args.max_steps if args.steps_this_run < 0 else min(args.max_steps, args.steps_this_run)
         source = f"--input_dir {args.input_dir}"
         A = args.gradient_accumulation_steps
         window_loss = torch.zeros((), dtype=torch.float64, device=info.device)
@@ -639,6 +704,10 @@ class _Trainer:
         window_t = train_t0 = time.time()
         last_loss = float("nan")
         preempted = False
+        profiler = StepProfiler(args.output_dir, start=getattr(args, "profile_start", 0),
+                                rank=info.rank, enabled=getattr(args, "profile", False),
+                                what="optimizer steps")
+        profiler.step(self.step)
         try:
             while self.step < end_step:
                 micro = [_to_device(next(it), info.device, args.max_seq_length, source) for _ in range(A)]
@@ -665,6 +734,7 @@ class _Trainer:
                     window_steps += 1
                     if progress is not None:
                         progress.update(1)
+                    profiler.step(self.step)
                 done = self.step >= end_step
                 if not result.skipped and (self.step % args.log_freq == 0 or done):
                     last_loss = result.loss  # host sync, once per log interval
@@ -694,6 +764,7 @@ class _Trainer:
                 if preempted:
                     break
         finally:
+            profiler.close()
             stop.uninstall()
             if progress is not None:
                 progress.close()

@@ -102,7 +102,7 @@ def _err(capsys, argv) -> str:
 
 def test_bad_input_one_line(qa_ckpt, vocab, tmp_path, capsys):
     base = ["--init_checkpoint", str(qa_ckpt), "--vocab_file", str(vocab)]
-    assert "--question and --context" in _err(capsys, [*base, "--question", "q"])
+    assert "cannot be combined" in _err(capsys, [*base, "--question", "q", "--json", str(tmp_path / "x.json")])
     (tmp_path / "bad.json").write_text("[{")
     assert "not valid JSON" in _err(capsys, [*base, "--json", str(tmp_path / "bad.json")])
     (tmp_path / "items.json").write_text(json.dumps([{"question": "q"}]))

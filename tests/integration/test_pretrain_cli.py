@@ -201,7 +201,10 @@ def test_phase2_resume_needs_flag_and_init_checkpoint_path(world, tmp_path, caps
     assert find_latest(out).name == "ckpt_3.pt"
     code, _, err = run_main(p2, capsys)
     assert code == 2 and "pass --resume_phase2" in err
+    # --steps_this_run is NVIDIA's absolute cap on the phase's step: at 1 already, nothing to do
     assert run_main(p2 + ["--resume_phase2"], capsys)[0] == 0
+    assert find_latest(out).name == "ckpt_3.pt"
+    assert run_main(p2[:-1] + ["--steps_this_run=2", "--resume_phase2"], capsys)[0] == 0
     assert load_checkpoint(find_latest(out))["step"] == 2
     # phase 2 from --init_checkpoint (run.sub's way): moments of that checkpoint, new numbering
     out2 = tmp_path / "out2"
