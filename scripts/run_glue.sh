@@ -17,14 +17,15 @@
 # Presets: scripts/configs/glue_config.sh, e.g.
 #   bash scripts/run_glue.sh $(source scripts/configs/glue_config.sh && mrpc_dgxa100-80g_8gpu_fp16)
 # Environment: PYTHON (default .venv/bin/python or python3), MAX_SEQ_LENGTH (128),
-# EXTRA_ARGS (appended to run_glue.py's flags).
+# EXTRA_ARGS (appended to run_glue.py's flags), DRY_RUN=1 (check the command with one process
+# and run_glue.py --dry_run, train nothing).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 prep=${BERT_PREP_WORKING_DIR:-$repo/results/data}
 
-init_checkpoint=${1:-"/workspace/bert/checkpoints/bert_uncased.pt"}
+init_checkpoint=${1:-"$repo/checkpoints/bert_uncased.pt"}
 data_dir=${2:-"$prep/download/glue/MRPC/"}
 vocab_file=${3:-"$prep/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt"}
 config_file=${4:-"$repo/bert_configs/large.json"}
@@ -67,9 +68,14 @@ flags+=("--gradient_accumulation_steps=$gradient_accumulation_steps" "--do_lower
         "--json-summary=$out_dir/dllogger.json")
 given "$vocab_file" && flags+=("--vocab_file=$vocab_file")
 given "$config_file" && flags+=("--config_file=$config_file")
-case $precision in fp16) echo "fp16 activated!"; flags+=("--fp16") ;; bf16) flags+=("--bf16") ;; esac
+case $precision in fp16) echo "fp16 activated!"; flags+=("--fp16") ;; bf16) flags+=("--bf16") ;; tf32) flags+=("--tf32") ;; esac
 # shellcheck disable=SC2206  # EXTRA_ARGS is a space-separated list of flags by design
 flags+=(${EXTRA_ARGS:-})
+
+if [[ ${DRY_RUN:-0} == 1 ]]; then
+    echo "DRY_RUN: would run on $num_gpu process(es): $repo/run_glue.py ${flags[*]}"
+    exec "$PYTHON" "$repo/run_glue.py" "${flags[@]}" --dry_run
+fi
 
 if [[ $num_gpu == 1 ]]; then
     launcher=("$PYTHON")

@@ -25,6 +25,8 @@
 # results/data, the layout of data/create_datasets_from_start.sh), VOCAB_FILE (default
 # $BERT_PREP_WORKING_DIR/vocab.txt), RESULTS_DIR (default $CODEDIR/results), EXTRA_ARGS
 # (appended to both phases' flags).
+# DRY_RUN=1: print each phase's command and check it with one process (--dry_run: flags,
+# data, vocab, config), train nothing and make no data.
 # Exit status: 0 done; 75 stopped by SIGTERM after a checkpoint (rerun with
 # resume_training=true); 2 bad arguments or data; else the failing phase's status.
 # Without a GPU it runs on the CPU: one process with python, more with torchrun (gloo).
@@ -32,6 +34,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
+if (( $# == 0 )); then
+    echo "run_pretraining.sh: no arguments: running its defaults (NVIDIA's BERT-large recipe, 8192 then 4096 sequences per GPU, fp16, as many processes as GPUs; the 32 arguments are listed at the top of this script)"
+fi
+dry=${DRY_RUN:-0}
 
 train_batch_size=${1:-8192}
 learning_rate=${2:-"6e-3"}
@@ -102,6 +108,10 @@ num_blocks=$(( num_shards_per_worker * (num_workers > 0 ? num_workers : 1) * num
 prepare_data() {  # phase data_dir seq_len max_pred
     local phase=$1 dir=$2 seq=$3 pred=$4
     if [[ -d $dir && -n $(ls -A "$dir" 2>/dev/null) ]]; then return 0; fi
+    if [[ $dry == 1 ]]; then
+        echo "DRY_RUN: $dir is missing or empty: phase $phase data would be made from $wikipedia_source"
+        return 0
+    fi
     echo "Warning! $dir directory missing: making phase $phase data from $wikipedia_source"
     [[ -e $wikipedia_source ]] || die "$wikipedia_source missing: cannot make the phase $phase data"
     [[ -f $VOCAB_FILE ]] || die "vocab file $VOCAB_FILE not found (set VOCAB_FILE)"
@@ -140,7 +150,7 @@ phase_flags() {  # phase -> the flags of that phase, one per line
         "--num_steps_per_checkpoint=$save_checkpoint_steps" "--learning_rate=$lr" "--seed=$seed" \
         "--gradient_accumulation_steps=$ga" "--masking=$masking" "--do_train" \
         "--json-summary=$RESULTS_DIR/dllogger.json" "--disable_progress_bar" "--num_workers=$num_workers"
-    case $precision in fp16) echo --fp16 ;; bf16) echo --bf16 ;; esac
+    case $precision in fp16) echo --fp16 ;; bf16) echo --bf16 ;; tf32) echo --tf32 ;; esac
     if is_true "$allreduce_post_accumulation"; then echo --allreduce_post_accumulation
     else echo --no-allreduce_post_accumulation; fi
     is_true "$allreduce_post_accumulation_fp16" && [[ $precision == fp16 ]] && echo --allreduce_post_accumulation_fp16
@@ -155,7 +165,7 @@ phase_flags() {  # phase -> the flags of that phase, one per line
 }
 
 launcher() {
-    if (( num_gpus > 1 )); then
+    if (( num_gpus > 1 )) && [[ $dry != 1 ]]; then
         echo "$PYTHON" -m torch.distributed.run --standalone "--nproc_per_node=$num_gpus"
     else
         echo "$PYTHON"
@@ -170,6 +180,13 @@ run_phase() {  # phase
     local cmd
     read -r -a cmd <<< "$(launcher)"
     cmd+=("$CODEDIR/run_pretraining.py" "${flags[@]}")
+    if [[ $dry == 1 ]]; then
+        local data=$DATA_DIR_PHASE1; [[ $phase == 2 ]] && data=$DATA_DIR_PHASE2
+        echo "DRY_RUN: phase $phase would run on $num_gpus process(es): ${cmd[*]}"
+        if [[ ! -d $data || -z $(ls -A "$data" 2>/dev/null) ]]; then return 0; fi
+        "${cmd[@]}" --dry_run
+        return
+    fi
     if is_true "$create_logfile"; then
         local bs=$train_batch_size; [[ $phase == 2 ]] && bs=$train_batch_size_phase2
         log=$RESULTS_DIR/$job_name.pyt_bert_pretraining_phase${phase}_${precision}_gbs$(( bs * num_gpus )).$(date +%y%m%d%H%M%S).log

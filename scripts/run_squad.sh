@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SQuAD fine-tuning / prediction / evaluation with NVIDIA's 14 positional arguments, in
+# SQuAD fine-tuning / prediction / evaluation with NVIDIA's positional arguments, in
 # NVIDIA's order (DeepLearningExamples PyTorch/LanguageModeling/BERT/scripts/run_squad.sh):
 #
 #   1 init_checkpoint     6 precision fp16|bf16|tf32|fp32   11 OUT_DIR
@@ -8,34 +8,43 @@
 #   4 learning_rate       9 squad_dir                       14 max_steps (-1: epochs decide)
 #   5 warmup_proportion  10 vocab_file (None = vocab.txt of an HF checkpoint directory)
 #
+# NVIDIA's 2020 order (13 arguments, no warmup_proportion: 5 is the precision) is recognised
+# by its 5th argument (fp16|bf16|tf32|fp32) and works too, as in NVIDIA's README examples.
 # squad_dir holds train-v1.1.json and dev-v1.1.json (train-v2.0.json / dev-v2.0.json with
 # SQUAD_VERSION=2.0, which also adds --version_2_with_negative). Evaluation is built in
-# (the official EM/F1), no evaluate-v1.1.py needed.
+# (the official EM/F1); when squad_dir holds evaluate-v1.1.py (v2.0), it is passed as
+# --eval_script, as NVIDIA's script does, and run_squad.py reports its scores.
 # Presets: scripts/configs/squad_config.sh, e.g.
 #   bash scripts/run_squad.sh $(source scripts/configs/squad_config.sh && dgxa100-80g_8gpu_fp16) train eval
 # Environment: PYTHON (default .venv/bin/python or python3), SQUAD_VERSION (1.1), MAX_SEQ_LENGTH
-# (384), DOC_STRIDE (128), EXTRA_ARGS (appended to run_squad.py's flags).
+# (384), DOC_STRIDE (128), EXTRA_ARGS (appended to run_squad.py's flags), DRY_RUN=1 (check the
+# command with one process and run_squad.py --dry_run, train nothing).
 # Without a GPU it runs on the CPU: one process with python, more with torchrun (gloo).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 
-init_checkpoint=${1:-"/workspace/bert/checkpoints/bert_uncased.pt"}
-epochs=${2:-"2.0"}
-batch_size=${3:-"4"}
-learning_rate=${4:-"3e-5"}
-warmup_proportion=${5:-"0.1"}
-precision=${6:-"fp16"}
-num_gpu=${7:-"8"}
-seed=${8:-"1"}
-squad_dir=${9:-"${BERT_PREP_WORKING_DIR:-$repo/results/data}/download/squad/v1.1"}
-vocab_file=${10:-"${BERT_PREP_WORKING_DIR:-$repo/results/data}/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt"}
-OUT_DIR=${11:-"$repo/results/SQuAD"}
-mode=${12:-"train eval"}
-CONFIG_FILE=${13:-"$repo/bert_configs/large.json"}
-max_steps=${14:-"-1"}
+args=("$@")
+case ${5:-} in fp16|bf16|tf32|fp32)  # NVIDIA's 2020 order: no warmup_proportion
+    args=("${@:1:4}" "0.1" "${@:5}") ;;
+esac
+init_checkpoint=${args[0]:-"$repo/checkpoints/bert_uncased.pt"}
+epochs=${args[1]:-"2.0"}
+batch_size=${args[2]:-"4"}
+learning_rate=${args[3]:-"3e-5"}
+warmup_proportion=${args[4]:-"0.1"}
+precision=${args[5]:-"fp16"}
+num_gpu=${args[6]:-"8"}
+seed=${args[7]:-"1"}
+squad_dir=${args[8]:-"${BERT_PREP_WORKING_DIR:-$repo/results/data}/download/squad/v1.1"}
+vocab_file=${args[9]:-"${BERT_PREP_WORKING_DIR:-$repo/results/data}/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt"}
+OUT_DIR=${args[10]:-"$repo/results/SQuAD"}
+mode=${args[11]:-"train eval"}
+CONFIG_FILE=${args[12]:-"$repo/bert_configs/large.json"}
+max_steps=${args[13]:-"-1"}
 version=${SQUAD_VERSION:-1.1}
+[[ $mode == predict ]] && mode=prediction  # the name NVIDIA's README uses
 
 given() { [[ -n $1 && $1 != None && $1 != none ]]; }  # "None"/"" = not given
 die() { echo "run_squad.sh: error: $*" >&2; exit 2; }
@@ -57,7 +66,10 @@ if [[ $mode == train || $mode == "train eval" ]]; then
 fi
 if [[ $mode != train ]]; then
     flags+=("--do_predict" "--predict_file=$squad_dir/dev-v$version.json" "--predict_batch_size=$batch_size")
-    [[ $mode == prediction ]] || flags+=("--do_eval")
+    if [[ $mode != prediction ]]; then
+        flags+=("--do_eval")
+        [[ -f $squad_dir/evaluate-v$version.py ]] && flags+=("--eval_script=$squad_dir/evaluate-v$version.py")
+    fi
 fi
 flags+=("--do_lower_case" "--bert_model=bert-large-uncased" "--learning_rate=$learning_rate"
         "--warmup_proportion=$warmup_proportion" "--seed=$seed" "--num_train_epochs=$epochs"
@@ -66,10 +78,14 @@ flags+=("--do_lower_case" "--bert_model=bert-large-uncased" "--learning_rate=$le
 given "$vocab_file" && flags+=("--vocab_file=$vocab_file")
 given "$CONFIG_FILE" && flags+=("--config_file=$CONFIG_FILE")
 [[ $version == 2.0 ]] && flags+=("--version_2_with_negative")
-case $precision in fp16) echo "fp16 activated!"; flags+=("--fp16") ;; bf16) flags+=("--bf16") ;; esac
+case $precision in fp16) echo "fp16 activated!"; flags+=("--fp16") ;; bf16) flags+=("--bf16") ;; tf32) flags+=("--tf32") ;; esac
 # shellcheck disable=SC2206  # EXTRA_ARGS is a space-separated list of flags by design
 flags+=(${EXTRA_ARGS:-})
 
+if [[ ${DRY_RUN:-0} == 1 ]]; then
+    echo "DRY_RUN: would run on $num_gpu process(es): $repo/run_squad.py ${flags[*]}"
+    exec "$PYTHON" "$repo/run_squad.py" "${flags[@]}" --dry_run
+fi
 if [[ $num_gpu == 1 ]]; then
     launcher=("$PYTHON")
 else

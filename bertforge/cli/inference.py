@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fp16", action="store_true", help="fp16 autocast (CUDA)")
     a("--bf16", action="store_true", help="bf16 autocast")
     a("--seed", type=int, default=1, help="torch seed (inference is deterministic; kept for NVIDIA's flag)")
-    a("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
+    a("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
       help="CUDA device index to use (NVIDIA's flag)")
     add_dry_run(p, "the model is loaded")
     return p.check(limits=LIMITS, outputs={"output": "file"})

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast + loss scaling (CUDA)")
     a("--bf16", action="store_true", help="bf16 autocast")
     a("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
-    a("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
+    a("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)),
       help="set by the legacy torch.distributed.launch; torchrun sets LOCAL_RANK")
     a("--log_freq", type=int, default=50, help="log the loss every this many steps")
     a("--json-summary", dest="json_summary", default=None,
