@@ -1,7 +1,10 @@
-"""``python -m bertforge.convert --from {hf,ngc,bertforge} --to {bertforge,hf} SRC DST``.
+"""``python -m bertforge.convert --from {hf,ngc,bertforge} --to {bertforge,hf,ngc} SRC DST``.
 
 The head (pretraining, MLM, QA, classification or bare encoder) is detected from the weights,
 so a fine-tuned SQuAD model converts as a QA model and an HF ``BertModel`` as an encoder.
+``--to ngc`` writes what NVIDIA's code loads: ``{"model": state_dict}`` with NVIDIA's
+modeling.py names (``dense_act``, no decoder bias) and the vocab padded to a multiple of 8
+(30528), which NVIDIA's ``load_state_dict(..., strict=True)`` accepts.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 from bertforge.cli.args import ArgumentParser
 from bertforge.config import ModelConfig
 from bertforge.errors import CheckpointError, UserError, cli_entry
+from bertforge.io import atomic_path, torch_save
 from bertforge.model.bert import (
     BertForMaskedLM,
     BertForPreTraining,
@@ -25,10 +29,11 @@ from bertforge.model.convert import (
     normalize_state_dict,
     read_state_dict,
     save_bertforge,
+    to_ngc_state_dict,
 )
 from bertforge.outputs import atomic_dir, check_output_path
 
-__all__ = ["build_parser", "main", "model_for_state_dict"]
+__all__ = ["build_parser", "main", "model_for_state_dict", "save_ngc"]
 
 
 def model_for_state_dict(sd, config: ModelConfig):
@@ -50,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m bertforge.convert", description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="src_format", required=True, choices=("hf", "ngc", "bertforge"),
                    help="format of SRC: an HF directory, an NVIDIA/NGC .pt file, or a bertforge file")
-    p.add_argument("--to", dest="dst_format", required=True, choices=("bertforge", "hf"),
-                   help="format of DST: a bertforge file or an HF directory")
+    p.add_argument("--to", dest="dst_format", required=True, choices=("bertforge", "hf", "ngc"),
+                   help="format of DST: a bertforge file, an HF directory, or an NVIDIA/NGC .pt "
+                        "file for NVIDIA's code (dense_act names, vocab padded to a multiple of 8)")
     p.add_argument("src", help="source checkpoint (file or HF directory)")
     p.add_argument("dst", help="destination (file for bertforge, directory for hf)")
     p.add_argument("--config_file", help="bert_config.json (required for NGC files, which carry no config)")
@@ -62,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing DST (a folder is replaced as a whole, once the new "
                         "one is complete)")
     return p
+
+
+def save_ngc(model, path) -> Path:
+    """``{"model": <NVIDIA-named state dict>}`` as NGC's checkpoints hold it (atomic)."""
+    with atomic_path(path) as tmp:
+        torch_save({"model": to_ngc_state_dict(model)}, tmp)
+    return Path(path)
 
 
 @cli_entry
@@ -89,6 +102,8 @@ def main(argv=None) -> int:
         with atomic_dir(dst, "DST") as tmp:  # replaced as a whole, never partly
             export_hf(model, tmp, vocab_file=args.vocab_file)
         out = dst
+    elif args.dst_format == "ngc":
+        out = save_ngc(model, dst)
     else:
         out = save_bertforge(model, args.dst)
     print(f"converted {src} ({args.src_format}, {type(model).__name__}) -> {out} ({args.dst_format}); {report.summary()}")

@@ -288,13 +288,20 @@ def load_pretrained(path: str | os.PathLike, model_cls, *, config: ModelConfig |
 
 
 def to_ngc_state_dict(model: nn.Module, pad_to: int = 8) -> dict[str, torch.Tensor]:
-    """Our weights under NVIDIA's names (``dense_act``, vocab padded to a multiple of ``pad_to``)."""
+    """Our weights under NVIDIA's modeling.py names: ``dense_act`` for the fused
+    linear+activation layers (intermediate, pooler, MLM transform), no
+    ``cls.predictions.decoder.bias`` (NVIDIA's decoder has none; its bias is
+    ``cls.predictions.bias``), vocab rows padded to a multiple of ``pad_to`` (30528).
+    The result loads with ``strict=True`` into NVIDIA's model of the same head."""
     out = {}
     for k, v in model.state_dict().items():
-        if ".intermediate.dense." in k or "cls.predictions.transform.dense." in k:
+        if k == "cls.predictions.decoder.bias":
+            continue  # tied to cls.predictions.bias; NVIDIA's decoder is bias-free
+        if (".intermediate.dense." in k or "cls.predictions.transform.dense." in k
+                or k.startswith(("bert.pooler.dense.", "pooler.dense."))):
             k = k.replace(".dense.", ".dense_act.")
-        if k in ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight",
-                 "cls.predictions.bias", "cls.predictions.decoder.bias"):
+        if k in ("bert.embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight",
+                 "cls.predictions.decoder.weight", "cls.predictions.bias"):
             n = pad_vocab_size(v.shape[0], pad_to)
             if n != v.shape[0]:
                 v = torch.cat([v, v.new_zeros((n - v.shape[0], *v.shape[1:]))], 0)

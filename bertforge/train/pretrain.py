@@ -39,6 +39,13 @@ from bertforge.errors import CheckpointError, ConfigError, DataError, UserError
 from bertforge.io import ensure_dir
 from bertforge.logging import Logger, require_tensorboard
 from bertforge.memory import require_model_memory
+from bertforge.nvidia_checkpoint import (
+    is_nvidia_checkpoint,
+    master_weights,
+    moments_by_name,
+    nvidia_step,
+    optimizer_state_for,
+)
 from bertforge.optim import PolyWarmUpScheduler, build_optimizer
 from bertforge.precision import Precision
 from bertforge.profiling import StepProfiler
@@ -271,6 +278,8 @@ def _resolve_start(args, phase: int) -> StartPoint:
             ckpt_path = find_latest(out)
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
+        if is_nvidia_checkpoint(ckpt):
+            return _nvidia_start(ckpt, ckpt_path, args, phase)
         for key in ("model", "step", "phase"):
             if key not in ckpt:
                 raise CheckpointError(f"checkpoint {ckpt_path} has no {key!r}: not a training checkpoint")
@@ -299,6 +308,22 @@ def _resolve_start(args, phase: int) -> StartPoint:
     return StartPoint(phase1_end_step=0)
 
 
+def _nvidia_start(ckpt: dict, path: Path, args, phase: int) -> StartPoint:
+    """NVIDIA's ckpt_<N>.pt in --output_dir (its training checkpoint or an NGC model-only
+    file): phase 2 starts from it as NVIDIA's run_pretraining.py does (weights and LAMB
+    moments kept, step and schedule reset; step numbers after --phase1_end_step, default N)."""
+    n = nvidia_step(path)
+    if phase == 1 or args.resume_phase2:
+        raise CheckpointError(
+            f"{path} is NVIDIA's checkpoint: bertforge continues NVIDIA's runs from phase 2 on (its "
+            "data position and RNG state are not in the file); start phase 2 from it with --phase2, "
+            "or pass it as --init_checkpoint")
+    ours = {"model": master_weights(ckpt), "nvidia_moments": moments_by_name(ckpt), "step": 0,
+            "phase": 1}
+    end = args.phase1_end_step if args.phase1_end_step is not None else n
+    return StartPoint(ours, str(path), keep_moments=True, phase1_end_step=end)
+
+
 def _load_init_weights(model, path: str, device) -> dict | None:
     """Weights from --init_checkpoint (any supported format); returns the raw dict if it is a
     bertforge training checkpoint (so its optimizer state can be used)."""
@@ -309,15 +334,18 @@ def _load_init_weights(model, path: str, device) -> dict | None:
     )
 
     sd, _ = read_state_dict(path)
-    load_state_dict_strict(model, normalize_state_dict(sd, model), source=f"--init_checkpoint {path}")
     p = Path(path)
+    obj = None
     if p.is_file():
         try:
             obj = load_checkpoint(p)
         except CheckpointError:
-            return None
-        return obj if "optimizer" in obj else None
-    return None
+            obj = None
+    if obj is not None and is_nvidia_checkpoint(obj):  # NVIDIA's: fp32 masters, moments by name
+        sd = master_weights(obj)
+        obj = {"nvidia_moments": moments_by_name(obj)} if obj.get("optimizer") else None
+    load_state_dict_strict(model, normalize_state_dict(sd, model), source=f"--init_checkpoint {path}")
+    return obj if obj is not None and ("optimizer" in obj or "nvidia_moments" in obj) else None
 
 
 def _restore_loader(loader, state: dict, source: str | None, micro_batch: int) -> None:
@@ -557,7 +585,13 @@ class _Trainer:
             if isinstance(rng, list) and len(rng) == info.world_size:
                 self._rng_to_restore = rng[info.rank]
         elif start.keep_moments:
-            opt_state = ck["optimizer"] if ck is not None else (self.init_opt or {}).get("optimizer")
+            src = ck if ck is not None else (self.init_opt or {})
+            opt_state = src.get("optimizer")
+            if src.get("nvidia_moments"):  # NVIDIA's LAMB moments, moved onto our parameters
+                from bertforge.model.convert import normalize_state_dict
+
+                opt_state = optimizer_state_for(src["nvidia_moments"], self.model_core, self.optimizer,
+                                                normalize_state_dict)
             if opt_state is not None:
                 _load_optimizer(self.optimizer, _reset_for_new_phase(opt_state, args.learning_rate),
                                 start.source, args.optimizer)
