@@ -11,11 +11,17 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
+# NVIDIA's LDDL, for the test that its own loader reads our Parquet shards. Without its
+# dependencies: they pin transformers 4.16 and need MPI (dask-mpi, mpi4py), none of which
+# lddl.torch imports; what it imports (torch, pyarrow, numpy, transformers) is in [dev].
+LDDL := lddl==0.1.0
+
 # Reinstall only when the dependency list changes; the package itself is editable.
 # A venv whose creation was interrupted has a python but no pip: recreate it (--clear).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(LDDL)
 	@touch $(STAMP)
 
 # The Triton server side (nvidia-pytriton pins numpy<2) lives in its own venv; bertforge goes in

@@ -259,6 +259,17 @@ def _split_balanced(rows: np.ndarray, num_shards: int) -> list[np.ndarray]:
     return [rows[bounds[i] : bounds[i + 1]] for i in range(num_shards)]
 
 
+def _split_lddl(rows: np.ndarray, num_shards: int) -> list[np.ndarray]:
+    """LDDL's loader asserts that the files of a bin hold ``m`` and ``m + 1`` samples, both
+    sizes present (``min + 1 == max``), and reads ``m`` from each. A bin whose instances divide
+    evenly into the shards would fail that assert, so its last instance is left out (LDDL's
+    loader would drop one per file of the larger size anyway); there are at least 2 shards."""
+    k = max(num_shards, 2)
+    if len(rows) and len(rows) % k == 0:
+        rows = rows[:-1]
+    return _split_balanced(rows, k)
+
+
 def shard_plan(num_tokens: np.ndarray, *, num_shards: int, seed: int, output_format: str,
                bin_size: int | None = None, max_seq_length: int | None = None,
                single_file: str | None = None) -> list[tuple[str, np.ndarray, int | None]]:
@@ -266,7 +277,8 @@ def shard_plan(num_tokens: np.ndarray, *, num_shards: int, seed: int, output_for
 
     Rows are the instances concatenated in input-key order. One permutation seeded by
     ``seed`` orders them; each bin (or the whole set) is cut into ``num_shards``
-    contiguous slices whose sizes differ by at most one.
+    contiguous slices whose sizes differ by at most one; for Parquet (LDDL's format) by
+    exactly one, as LDDL's loader requires (:func:`_split_lddl`).
     """
     from bertforge.data.parquet import bin_ids_for
 
@@ -279,11 +291,11 @@ def shard_plan(num_tokens: np.ndarray, *, num_shards: int, seed: int, output_for
                 for i, rows in enumerate(_split_balanced(perm, num_shards))]
     if bin_size is None:
         return [(f"shard-{i}.parquet", rows, None)
-                for i, rows in enumerate(_split_balanced(perm, num_shards))]
+                for i, rows in enumerate(_split_lddl(perm, num_shards))]
     bins = bin_ids_for(num_tokens, bin_size, max_seq_length)[perm]
     plan = []
     for b in range(max_seq_length // bin_size):
-        for i, rows in enumerate(_split_balanced(perm[bins == b], num_shards)):
+        for i, rows in enumerate(_split_lddl(perm[bins == b], num_shards)):
             plan.append((f"shard-{i}.parquet_{b}", rows, b))
     return plan
 
