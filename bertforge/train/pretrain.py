@@ -811,6 +811,8 @@ class _Trainer:
                  "global_step": self.global_step()}
         if args.eval_dir and not preempted:
             final.update(evaluate_mlm(self.model_core, args.eval_dir, args, info, self.precision, eval_bs))
+        # NVIDIA's two closing lines: final_loss at the last (epoch, step), then the summary
+        logger.log(step=(self._epoch(), self.global_step()), data={"final_loss": last_loss})
         logger.log(step=(), data=final)
         if preempted:
             if info.is_main:

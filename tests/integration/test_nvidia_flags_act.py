@@ -38,6 +38,13 @@ def test_steps_this_run_is_nvidias_absolute_cap(world, tmp_path) -> None:
     args = base_args(data, out, cfg, steps=8, extra=("--num_steps_per_checkpoint=100",))
     run_cli(args + ["--steps_this_run=3"])
     assert _steps(out) == [3]
+    # NVIDIA's closing lines: {"final_loss"} at (epoch, step), then the () summary; elapsedtime
+    from bertforge.logging import read_dllogger
+
+    recs = [r for r in read_dllogger(out / "dllogger.json") if r["type"] == "LOG"]
+    assert all("elapsedtime" in r for r in recs)
+    (last_step,) = [r for r in recs if set(r["data"]) == {"final_loss"}]
+    assert last_step["step"][1] == 3 and recs[-1]["step"] == [] and "final_loss" in recs[-1]["data"]
     run_cli(args + ["--resume_from_checkpoint", "--steps_this_run=5"])  # resumed at 3: 2 steps
     assert _steps(out) == [3, 5]
     p = run_cli(args + ["--resume_from_checkpoint", "--steps_this_run=4"])  # already past it

@@ -188,5 +188,5 @@ def test_phase1_phase2_chain_with_requeue_matches_undisturbed(slurm, work: dict,
     # rank 0 logs through srun -l for a 2-rank world; the dllogger summary has the final entry
     assert re.search(r"^0: PARAMETER \| phase 1 \| world_size 2 ", p1.log(), re.M), p1.log()
     assert re.search(r"^0: final .*final_loss", p1.log(), re.M), p1.log()
-    summary = (results / q2.job_id / "dllogger.json").read_text()
+    summary = (results / q2.job_id / "summary.json").read_text()
     assert "final_loss" in summary

@@ -85,7 +85,7 @@ def flags(argv: list[str]) -> dict[str, str]:
 
 def test_phase1_defaults_and_legacy_precedence(env: dict, tmp_path: Path) -> None:
     submit = Path(env["SLURM_SUBMIT_DIR"])
-    data = shards(submit / "data/pretrain/phase1/unbinned/parquet")
+    data = shards(submit / "data/pretrain/phase1/bin_size_64/parquet")
     proc, calls = run(env, BATCHSIZE="2048", LR="1e-3", GRADIENT_STEPS="64",
                       TRAIN_BATCH_SIZE="4096")
     assert proc.returncode == 0, proc.stderr
@@ -96,6 +96,7 @@ def test_phase1_defaults_and_legacy_precedence(env: dict, tmp_path: Path) -> Non
     assert f["--learning_rate"] == "1e-3"               # legacy beats phase default
     assert f["--gradient_accumulation_steps"] == "64"
     assert f["--max_seq_length"] == "128" and f["--max_steps"] == "7038"   # phase 1 defaults
+    assert f["--num_steps_per_checkpoint"] == "2500" and f["--warmup_proportion"] == "0.2843"
     assert f["--input_dir"] == str(data)
     assert f["--output_dir"] == str(submit / "results/500")
     # 2 nodes x 8 tasks, --ntasks explicit (srun ignores a --ntasks-per-node that
@@ -111,7 +112,7 @@ def test_phase1_defaults_and_legacy_precedence(env: dict, tmp_path: Path) -> Non
 
 def test_phase1_resumes_from_its_own_folder(env: dict) -> None:
     submit = Path(env["SLURM_SUBMIT_DIR"])
-    shards(submit / "data/pretrain/phase1/unbinned/parquet")
+    shards(submit / "data/pretrain/phase1/bin_size_64/parquet")
     out = submit / "results/500"
     out.mkdir(parents=True)
     (out / "ckpt_40.pt").write_bytes(b"x")
@@ -128,7 +129,7 @@ def test_phase1_resumes_from_its_own_folder(env: dict) -> None:
 
 def test_phase2_finds_phase1_checkpoint_through_dependency(env: dict) -> None:
     submit = Path(env["SLURM_SUBMIT_DIR"])
-    data2 = shards(submit / "data/pretrain/phase2/unbinned/parquet")
+    data2 = shards(submit / "data/pretrain/phase2/bin_size_64/parquet")
     p1 = submit / "results/311"
     p1.mkdir(parents=True)
     for step in (5, 12, 9):
@@ -140,7 +141,11 @@ def test_phase2_finds_phase1_checkpoint_through_dependency(env: dict) -> None:
     assert f["--phase1_end_step"] == "12"                     # inferred from its step
     assert f["--input_dir"] == str(data2)
     assert "--phase2" in f and "--resume_phase2" not in f
-    assert f["--max_seq_length"] == "512" and f["--train_batch_size"] == "4096"
+    # NVIDIA's run.sub defaults: the same batch and accumulation in both phases, its
+    # checkpoint interval, binned shards, the log named summary.json
+    assert f["--max_seq_length"] == "512" and f["--train_batch_size"] == "8192"
+    assert f["--gradient_accumulation_steps"] == "32" and f["--num_steps_per_checkpoint"] == "1000"
+    assert f["--json-summary"] == str(submit / "results/500/summary.json")
     # requeued phase 2: resumes its own checkpoints, same step numbering
     out = submit / "results/500"  # made by the first run
     (out / "ckpt_20.pt").write_bytes(b"x")
@@ -152,7 +157,7 @@ def test_phase2_finds_phase1_checkpoint_through_dependency(env: dict) -> None:
 
 def test_phase2_without_a_checkpoint_is_a_clear_error(env: dict) -> None:
     submit = Path(env["SLURM_SUBMIT_DIR"])
-    shards(submit / "data/pretrain/phase2/unbinned/parquet")
+    shards(submit / "data/pretrain/phase2/bin_size_64/parquet")
     proc, calls = run(env, PHASE="2")
     assert proc.returncode == 2 and not srun_calls(calls)
     assert "PHASE=2 needs phase 1's checkpoint" in proc.stderr
@@ -170,7 +175,7 @@ def test_phase2_without_a_checkpoint_is_a_clear_error(env: dict) -> None:
     ({"SLURM_JOB_ID": ""}, "submit with sbatch"),
 ])
 def test_bad_settings_fail_with_one_line(env: dict, bad: dict, message: str) -> None:
-    shards(Path(env["SLURM_SUBMIT_DIR"]) / "data/pretrain/phase1/unbinned/parquet")
+    shards(Path(env["SLURM_SUBMIT_DIR"]) / "data/pretrain/phase1/bin_size_64/parquet")
     proc, calls = run(env, **bad)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -234,3 +239,13 @@ def test_single_task_data_preparation_needs_no_balance(env: dict) -> None:
     assert "--balance" not in prep and prep[prep.index("--masking") + 1] == "static"
     assert flags(prep)["--ntasks"] == "1"  # even inside a job with more tasks
     assert prep[prep.index("--num_shards") + 1] == "4096"   # NVIDIA's default block count
+
+
+def test_warmup_updates_is_nvidias_2020_name(env: dict) -> None:
+    shards(Path(env["SLURM_SUBMIT_DIR"]) / "data/pretrain/phase1/bin_size_64/parquet")
+    proc, calls = run(env, WARMUP_UPDATES="0.1")
+    assert proc.returncode == 0, proc.stderr
+    assert flags(srun_calls(calls)[0])["--warmup_proportion"] == "0.1"
+    proc, calls = run(env, WARMUP_UPDATES="0.1", WARMUP_PROPORTION="0.3")
+    assert flags(srun_calls(calls)[0])["--warmup_proportion"] == "0.3"
+    assert "WARMUP_PROPORTION=0.3 wins over legacy WARMUP_UPDATES=0.1" in proc.stderr
