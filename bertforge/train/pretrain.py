@@ -432,17 +432,17 @@ def _seed_everything(seed: int) -> None:
 
 def _device_flags(args, model, info: DistInfo) -> None:
     """--tf32 and --cuda_graphs act on CUDA; elsewhere one line each says why they cannot."""
-    from bertforge.cli.nvidia import note
     from bertforge.precision import configure_tf32
 
     why = configure_tf32(bool(getattr(args, "tf32", False)), info.device)
     if why and info.is_main:
-        note("--tf32", why)
+        print(f"note: --tf32 has no effect: {why}", flush=True)
     if getattr(args, "cuda_graphs", False):
         if info.device.type == "cuda":
             model.compile(mode="reduce-overhead")  # CUDA graphs through torch.compile
         elif info.is_main:
-            note("--cuda_graphs", f"CUDA graphs need a CUDA device; this run is on {info.device.type}")
+            print("note: --cuda_graphs has no effect: CUDA graphs need a CUDA device; this run is "
+                  f"on {info.device.type}", flush=True)
 
 
 def dry_run(args: argparse.Namespace) -> int:
