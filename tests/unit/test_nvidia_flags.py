@@ -31,7 +31,7 @@ REQUIRED = {"run_pretraining.py": ["--input_dir", "d", "--config_file", "c", "--
                             "--output_dir", "o"],
             "inference.py": ["--init_checkpoint", "i"],
             "create_pretraining_data.py": ["--output_file", "o", "--vocab_file", "v"]}
-SAMPLE = {"int": "3", "float": "2.5", "str": "x"}
+SAMPLE = {"int": "8", "float": "2.5", "str": "x"}
 
 
 def _documented_differences() -> set[tuple[str, str]]:
@@ -82,9 +82,15 @@ def test_flag_is_accepted_with_nvidias_type(case) -> None:
     base = list(REQUIRED[ep])
     values = f["choices"] or ([None] if f["type"] == "bool" else [SAMPLE.get(f["type"], "x")])
     if f["type"] == "str" and isinstance(f["default"], int):  # untyped, e.g. 2020 --local_rank
-        values = ["3"]
+        values = ["8"]
     if f["type"] == "float":
-        values = ["2.5", "1e3"]  # a fraction and NVIDIA's exponent form
+        # a fraction and NVIDIA's exponent form; within (0, 1) for flags whose range is there
+        # (a range check is not a type check: NVIDIA's warmup_proportion 2.5 is nonsense too)
+        values = ["2.5", "1e3"]
+        try:
+            parser.parse_args(list(REQUIRED[ep]) + [option, "2.5"])
+        except SystemExit:
+            values = ["0.5", "5e-1"]
     for value in values:
         argv = base + ([option] if value is None else [option, str(value)])
         if option in base:  # a flag we require: replace its placeholder
