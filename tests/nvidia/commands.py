@@ -24,8 +24,10 @@ P = "$BERT_PREP_WORKING_DIR"
 SQUAD = f"{P}/download/squad/v1.1"
 VOCAB = f"{P}/download/google_pretrained_weights/uncased_L-24_H-1024_A-16/vocab.txt"
 OK = "flags and inputs OK"
+# The data script's runs write into their own BERT_PREP_WORKING_DIR (a dataset is never
+# overwritten without being asked), with Google's vocab and the real dump served as file://.
 NVIDIA_DATA = ("WIKI_DUMP_URL=$WIKI_DUMP_URL NUM_TEXT_SHARDS=2 NUM_SHARDS=2 DUPE_FACTOR=1 "
-               "DOWNLOAD_FINETUNING=0 VOCAB_FILE=" + VOCAB + " ")
+               "DOWNLOAD_FINETUNING=0 VOCAB_FILE=" + VOCAB + " BERT_PREP_WORKING_DIR=/results/prep_$RANDOM ")
 
 README = [
     # -- current generation (HEAD)
