@@ -124,7 +124,8 @@ def test_create_pretraining_data_dir_to_one_hdf5_file(tmp_path, real_data) -> No
                         "--random_seed=12345", "--dupe_factor=5"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert sorted(x.name for x in out.parent.iterdir()) == ["training.hdf5"]
+    # one file, nothing half-written beside it; the hidden lock file (bertforge.outputs) stays
+    assert sorted(x.name for x in out.parent.iterdir()) == [".training.hdf5.lock", "training.hdf5"]
     with h5py.File(out) as f:
         assert f["input_ids"].shape[1] == 128 and f["masked_lm_positions"].shape[1] == 20
         assert len(f["input_ids"]) >= 5 * 3
