@@ -12,6 +12,8 @@ naming; in phase 2, ``N = phase1_end_step + step``) is one torch file holding a 
     global_step   N
     data          the data loader's position (its state_dict)
     rng           torch / numpy / python / cuda generator states (per rank)
+    numerics      what decides the kernels each rank ran (torch, CPU, threads, GEMM backend,
+                  library variables; bertforge.train.numerics), per rank
     config        the bert_config dict
     args          the run's arguments (plain values, for the record)
 

@@ -50,6 +50,8 @@ from bertforge.optim import PolyWarmUpScheduler, build_optimizer
 from bertforge.precision import Precision
 from bertforge.profiling import StepProfiler
 from bertforge.train.loop import TrainStep
+from bertforge.train.numerics import differences as numerics_differences
+from bertforge.train.numerics import environment as numerics_environment
 
 __all__ = ["run", "micro_batch_size", "global_batch_size", "PretrainingLoss",
            "NonFiniteLossError", "PeerFailureError", "PREEMPTED_EXIT_CODE", "evaluate_mlm"]
@@ -584,6 +586,7 @@ class _Trainer:
                 loader_state = data[info.rank]
             if isinstance(rng, list) and len(rng) == info.world_size:
                 self._rng_to_restore = rng[info.rank]
+            self._note_numerics_change(ck.get("numerics"), start.source)
         elif start.keep_moments:
             src = ck if ck is not None else (self.init_opt or {})
             opt_state = src.get("optimizer")
@@ -625,6 +628,21 @@ class _Trainer:
                 else dist.group.WORLD
 
     # .. helpers ...............................................................................
+    def _note_numerics_change(self, recorded, source: str | None) -> None:
+        """One line when this process computes with other kernels than the one that wrote the
+        checkpoint (another CPU, thread count, GEMM backend, library setting): the state is
+        restored exactly, but the rest of the run matches an uninterrupted one only to float
+        tolerance. Checkpoints without the record (older ones) say nothing."""
+        info = self.info
+        if not isinstance(recorded, list) or not recorded:
+            return
+        mine = recorded[info.rank] if len(recorded) == info.world_size else recorded[0]
+        changed = numerics_differences(mine, numerics_environment(info.device))
+        if changed and info.is_main:
+            print(f"note: {source} was written with other numerics ({'; '.join(changed)}): the "
+                  "run continues from its exact state, but from here on it matches an "
+                  "uninterrupted run only to float tolerance, not bit for bit", flush=True)
+
     def _epoch(self) -> int:
         return int(self.loader.state_dict().get("epoch", 0))
 
@@ -636,6 +654,7 @@ class _Trainer:
         args, info = self.args, self.info
         data = _gather(self.loader.state_dict(), info)
         rng = _gather(capture_rng_state(), info)
+        numerics = _gather(numerics_environment(info.device), info)
         if info.is_main and not args.skip_checkpoint:
             path = Path(args.output_dir) / checkpoint_name(self.global_step())
             save_checkpoint(
@@ -646,7 +665,7 @@ class _Trainer:
                 lr_scheduler=self.scheduler.state_dict(),
                 step=self.step, phase=self.phase, global_step=self.global_step(),
                 phase1_end_step=self.phase1_end_step, skipped_steps=self.skipped_total,
-                data=data, rng=rng, config=self.config.to_dict(),
+                data=data, rng=rng, numerics=numerics, config=self.config.to_dict(),
                 args={k: v for k, v in vars(args).items()
                       if isinstance(v, (str, int, float, bool, type(None)))})
             logger.log(step="PARAMETER", data={"checkpoint": str(path)})

@@ -1,0 +1,84 @@
+"""What besides code, data and flags decides the float results of a training step.
+
+A resumed run reproduces an uninterrupted one bit for bit only if every process computes
+with the same kernels: the same torch build, the same CPU instruction set (ATen, MKL and
+oneDNN each pick their kernels from the CPU's features when they first run, and kernels of
+different vector widths sum in different orders), the same thread count (work is split per
+thread), the same CPU GEMM backend (bertforge.model.gemm) and the same library settings
+(``MKL_CBWR``, ``ONEDNN_MAX_CPU_ISA``, ...). None of them varies from process to process on
+one machine with one environment; all of them can vary when a job is requeued onto another
+node, run from another container or started with other variables.
+
+:func:`environment` records them (a training checkpoint keeps it) and :func:`differences`
+names what changed, so a resume can say that it continues exactly but will match an
+uninterrupted run only to float tolerance. See docs/reliability.md ("What is bit-exact").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+
+import torch
+
+__all__ = ["environment", "differences", "LIBRARY_VARIABLES"]
+
+LIBRARY_VARIABLES = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "MKL_NUM_THREADS", "MKL_DYNAMIC",
+                     "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
+                     "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "BERTFORGE_CPU_GEMM")
+"""Environment variables that change which kernels the libraries run (recorded when set)."""
+
+
+def _cpu_model() -> tuple[str, str]:
+    """The CPU's model name and a short digest of its feature flags (two CPUs sold under one
+    name, e.g. "Intel(R) Xeon(R) Processor" in a VM, can differ in AVX-512 or AMX)."""
+    name, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    digest = hashlib.sha1(flags.encode()).hexdigest()[:8] if flags else "unknown"
+    return name or platform.processor() or platform.machine(), digest
+
+
+def environment(device: torch.device | str = "cpu") -> dict[str, str]:
+    """The numerics environment of this process, as plain strings (checkpoint-safe)."""
+    from bertforge.model.gemm import get_backend
+
+    cpu, cpu_flags = _cpu_model()
+    env = {
+        "torch": str(torch.__version__),
+        "cpu": cpu,
+        "cpu_flags": cpu_flags,
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "threads": str(torch.get_num_threads()),
+        "cpu_gemm": get_backend(),
+    }
+    for var in LIBRARY_VARIABLES:
+        if os.environ.get(var):
+            env[f"${var}"] = str(os.environ[var])
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        env["gpu"] = str(torch.cuda.get_device_name(dev))
+        env["cuda"] = str(torch.version.cuda)
+        env["tf32"] = str(torch.backends.cuda.matmul.allow_tf32)
+    return env
+
+
+def differences(recorded: dict | None, current: dict) -> list[str]:
+    """``["threads 1 -> 2", "$ONEDNN_MAX_CPU_ISA unset -> AVX2", ...]``: what differs between
+    a recorded environment and this one (empty when they match or nothing was recorded)."""
+    if not isinstance(recorded, dict):
+        return []
+    out = []
+    for key in sorted(set(recorded) | set(current), key=lambda k: (k.startswith("$"), k)):
+        a, b = recorded.get(key), current.get(key)
+        if a != b:
+            out.append(f"{key} {a if a is not None else 'unset'} -> {b if b is not None else 'unset'}")
+    return out
