@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve test test-all test-slurm demo demo-qa serve-demo lint lint-shell bench clean
+.PHONY: install install-serve test test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean
 
 install: $(STAMP)
 
@@ -45,6 +45,13 @@ test-all: install install-serve
 # run.sub phase 1 -> phase 2, a requeue, multi-task data preparation. See docs/slurm.md.
 test-slurm: install
 	PY=$(PY) bash tests/slurm/run_tests.sh $(PYTEST_ARGS)
+
+# Every bit-exact resume test (single process, torchrun, rank kill, SIGTERM/SIGKILL, full disk,
+# the Slurm requeue chain) RESUME_STRESS_N times, each round in fresh processes; 0 failures
+# expected. CI runs 3 rounds. See docs/reliability.md ("What is bit-exact").
+RESUME_STRESS_N ?= 20
+test-resume-stress: install
+	$(PY) tests/resume_stress.py --repeat $(RESUME_STRESS_N) --slurm
 
 # The whole pipeline on the real Wikipedia sample, CPU only (~8 min on 2 cores): data ->
 # two-phase pretraining -> held-out MLM accuracy -> fill-mask -> plot, all in $(DEMO_DIR).

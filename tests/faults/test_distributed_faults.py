@@ -49,6 +49,7 @@ def _torchrun(args: list[str], fault: dict | None = None) -> tuple[subprocess.Co
     return p, time.time() - t0
 
 
+@pytest.mark.exact_resume
 def test_torchrun_rank_killed_then_resume_is_exact(world, tmp_path):
     args = lambda out: pretrain_args(world, out, f"--dist_timeout={TIMEOUT_S}")  # noqa: E731
     ref = tmp_path / "ref"

@@ -72,6 +72,7 @@ def _assert_identical(a: Path, b: Path) -> None:
     assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
 
 
+@pytest.mark.exact_resume
 def test_distributed_equivalence_torchrun(world, tmp_path, capsys):
     """2 gloo ranks x accumulation 2 == 1 process x accumulation 4 (same global batch)."""
     _, cfg, _, one = world
@@ -117,6 +118,7 @@ def _wait_for(pred, proc, timeout=240):
         time.sleep(0.05)
 
 
+@pytest.mark.exact_resume
 def test_resume_after_sigterm_and_kill9_is_bit_identical(world, tmp_path, capsys):
     _, cfg, data, _ = world
     steps = 16

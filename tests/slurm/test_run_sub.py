@@ -136,6 +136,7 @@ def _same_checkpoint(a: Path, b: Path) -> None:
                 assert torch.equal(t, sb[pid][name]), f"optimizer {pid}/{name} differs"
 
 
+@pytest.mark.exact_resume
 def test_phase1_phase2_chain_with_requeue_matches_undisturbed(slurm, work: dict, prepared: dict) -> None:
     root = work["root"]
     results = root / "results"

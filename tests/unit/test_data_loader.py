@@ -82,6 +82,7 @@ def test_discover_and_batch_layout(h5dir):
 
 
 @pytest.mark.parametrize("masking, workers", [("static", 0), ("dynamic", 0), ("static", 1)])
+@pytest.mark.exact_resume
 def test_resume_is_exact(h5dir, masking, workers):
     kw = dict(batch_size=7, vocab_file=str(h5dir.parent / "vocab.txt"), masking=masking,
               seed=3)
@@ -181,6 +182,7 @@ def test_reads_lddl_parquet(tmp_path):
     assert ((b["masked_lm_labels"] != -1).sum(1) >= 1).all()
 
 
+@pytest.mark.exact_resume
 def test_binned_parquet_one_bin_per_batch_and_resume(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")

@@ -149,3 +149,30 @@ def test_bad_backend_variable_fails_when_the_model_is_built(monkeypatch):
     monkeypatch.setenv("BERTFORGE_CPU_GEMM", "mkl")
     with pytest.raises(ConfigError, match="BERTFORGE_CPU_GEMM='mkl'"):
         BertForQuestionAnswering(tiny_config())
+
+
+def _at_offset(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A copy of ``t`` whose data starts ``offset`` floats into a fresh buffer (an address
+    that is 4-byte but not 64-byte aligned for offsets that are not multiples of 16)."""
+    buf = torch.empty(t.numel() + 16, dtype=t.dtype)
+    v = buf[offset:offset + t.numel()].view_as(t)
+    v.copy_(t)
+    return v
+
+
+@pytest.mark.exact_resume
+def test_products_do_not_depend_on_where_operands_lie_in_memory():
+    """MKL and oneDNN may pick code paths by pointer alignment; the bits of every product a
+    training step runs (x W^T on oneDNN and MKL, g^T x, the bias gemv, the norms' dot) must
+    not change with the operands' addresses, or two processes would differ run to run."""
+    torch.manual_seed(0)
+    x, w, g = torch.randn(203, 96), torch.randn(77, 96), torch.randn(203, 77)
+    v = torch.randn(100_003)
+    ref = {"onednn": gemm.linear_nt(x, w), "aten": F.linear(x, w), "gt_x": g.t().mm(x),
+           "gemv": gemm.column_sums(g), "dot": torch.dot(v, v)}
+    for off in range(1, 16):
+        xo, wo, go, vo = (_at_offset(t, off) for t in (x, w, g, v))
+        got = {"onednn": gemm.linear_nt(xo, wo), "aten": F.linear(xo, wo), "gt_x": go.t().mm(xo),
+               "gemv": gemm.column_sums(go), "dot": torch.dot(vo, vo)}
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), f"{k} differs at an offset of {off} floats"
