@@ -34,7 +34,7 @@ from bertforge.checkpoint import (
     save_checkpoint,
 )
 from bertforge.config import ModelConfig
-from bertforge.distributed import DistInfo, cleanup, init_distributed, rank0_output_lock
+from bertforge.distributed import DistInfo, barrier, cleanup, init_distributed, rank0_output_lock
 from bertforge.errors import CheckpointError, ConfigError, DataError, UserError
 from bertforge.io import ensure_dir
 from bertforge.logging import Logger, require_tensorboard
@@ -500,7 +500,9 @@ def run(args: argparse.Namespace) -> int:
         require_model_memory(config, what=f"config file {args.config_file}",
                              training=args.do_train, device=info.device)
         with rank0_output_lock(args.output_dir, "--output_dir", info):
-            return _Trainer(args, config, info).run()
+            status = _Trainer(args, config, info).run()
+        barrier()  # no rank tears its connections down while a peer still finishes its work
+        return status
     except RuntimeError as e:
         if info.distributed and _is_comm_failure(e):
             raise _peer_failure(e, args, info) from None
