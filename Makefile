@@ -48,7 +48,8 @@ test-slurm: install
 
 # Every bit-exact resume test (single process, torchrun, rank kill, SIGTERM/SIGKILL, full disk,
 # the Slurm requeue chain) RESUME_STRESS_N times, each round in fresh processes; 0 failures
-# expected. CI runs 3 rounds. See docs/reliability.md ("What is bit-exact").
+# expected. CI runs 2 rounds (with make test and make test-slurm, 3 runs of each test).
+# See docs/reliability.md ("What is bit-exact").
 RESUME_STRESS_N ?= 20
 test-resume-stress: install
 	$(PY) tests/resume_stress.py --repeat $(RESUME_STRESS_N) --slurm

@@ -10,9 +10,10 @@ files of the repository, so state left in a process, a library or a cache by one
 cannot make the next one pass or fail.
 
 Prints one line per round and a table of failures per test; exits 1 if any round failed.
-``make test-resume-stress`` runs 20 rounds; CI (.ci/run) runs 3. ``--write docs/reliability.md``
-puts the table, with the command, commit and machine, between the file's
-``<!-- resume-stress:begin -->`` / ``<!-- resume-stress:end -->`` markers.
+``make test-resume-stress`` runs 20 rounds; CI (.ci/run) runs 2 (after make test and make
+test-slurm, which run each test once). ``--write docs/reliability.md`` puts the table, with
+the command, commit and machine, between the file's ``<!-- resume-stress:begin -->`` /
+``<!-- resume-stress:end -->`` markers.
 """
 
 from __future__ import annotations
