@@ -127,12 +127,30 @@ def weights(path: Path) -> dict:
     return load_checkpoint(path)["model"]
 
 
+def numerics_changes(a: Path, b: Path) -> str:
+    """What differed between the processes that wrote checkpoints ``a`` and ``b`` (their
+    ``numerics`` records, rank by rank), for the message of a failed bit-exact comparison:
+    a resume that ran other kernels (another CPU after a VM migration, a thread count, a
+    library variable) cannot be bit-exact, and the failure should say so."""
+    from bertforge.checkpoint import load_checkpoint
+    from bertforge.train.numerics import differences
+
+    ra, rb = (load_checkpoint(p).get("numerics") for p in (a, b))
+    if not (isinstance(ra, list) and isinstance(rb, list)):
+        return "no numerics record to compare"
+    pairs = enumerate(zip(ra, rb, strict=False))  # other world sizes: the common ranks
+    changed = [f"rank {r}: {'; '.join(d)}" for r, (x, y) in pairs if (d := differences(x, y))]
+    return ("written with other numerics: " + " | ".join(changed)) if changed else \
+        "written with the same recorded numerics (torch, CPU, threads, GEMM backend, variables)"
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     """Bit-exact equality of two checkpoints' model weights."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not diff, f"{len(diff)} of {len(wa)} tensors differ, e.g. {diff[:3]}"
+    assert not diff, (f"{len(diff)} of {len(wa)} tensors differ, e.g. {diff[:3]}; "
+                      f"{numerics_changes(a, b)}")
 
 
 def make_read_only(d: Path):

@@ -30,6 +30,7 @@ from pretrain_fixtures import (  # noqa: E402
 
 from bertforge.checkpoint import find_latest, load_checkpoint  # noqa: E402
 from bertforge.logging import read_dllogger  # noqa: E402
+from tests.faults.helpers import numerics_changes  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -69,7 +70,7 @@ def _assert_identical(a: Path, b: Path) -> None:
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
     diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}; {numerics_changes(a, b)}"
 
 
 @pytest.mark.exact_resume

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.faults.helpers import numerics_changes
 from tests.slurm.corpus import write_corpus
 
 pytestmark = pytest.mark.slurm
@@ -127,7 +128,8 @@ def _same_checkpoint(a: Path, b: Path) -> None:
     assert ca["step"] == cb["step"] and ca["phase"] == cb["phase"]
     assert ca["model"].keys() == cb["model"].keys()
     for k in ca["model"]:
-        assert torch.equal(ca["model"][k], cb["model"][k]), f"{k} differs between {a} and {b}"
+        assert torch.equal(ca["model"][k], cb["model"][k]), \
+            f"{k} differs between {a} and {b}; {numerics_changes(a, b)}"
     sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
     assert sa.keys() == sb.keys()
     for pid in sa:
