@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     from bertforge.tasks.text import load_tokenizer
 
     args = build_parser().parse_args(argv)
+    for flag in ("init_checkpoint", "vocab_file"):  # `--init_checkpoint=$CKPT` with CKPT unset
+        if getattr(args, flag) == "":
+            raise ConfigError(f"--{flag} is empty (an unset shell variable?); leave the flag out "
+                              "for the demo's default")
     if (args.question is None) != (args.context is None):
         raise ConfigError("give both --question and --context (or neither, for a question of the sample)")
     data = _real_data()

@@ -44,6 +44,7 @@ F = "bertforge.cli.fill_mask"
 X = "deploy/triton/export_model.py"
 R = "deploy/triton/generate_model_repository.py"
 K = "deploy/triton/run_squad_client.py"
+D = "deploy/triton/serve_demo.py"
 
 PRE = ["--input_dir={hdf5}", "--config_file={config}", "--output_dir={tmp}/out_{id}", "--do_train",
        "--train_batch_size=8", "--max_steps=2", "--max_seq_length=64",
@@ -235,6 +236,8 @@ CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
                                            "--max_batch_size=0"], ("--max_batch_size",)),
     "repository-instance_count-zero": (R, ["--export_dir={empty}", "--model_repository={tmp}/repo_{id}",
                                            "--instance_count=0"], ("--instance_count",)),
+    "serve_demo-init_checkpoint-empty": (D, ["--init_checkpoint=", "--work_dir={tmp}/sd_{id}"],
+                                         ("--init_checkpoint is empty",)),
     "client-vocab_file-missing": (K, ["--vocab_file={tmp}/nope.txt", "--question=q", "--context=c"],
                                   ("nope.txt",)),
     "client-predict_file-missing": (K, ["--vocab_file={vocab}", "--predict_file={tmp}/nope.json"],
@@ -345,7 +348,8 @@ _PRELOAD = {P: ["bertforge.cli.pretrain", "bertforge.train.pretrain", "bertforge
             T: ["bertforge.cli.prepare_text"], W: ["bertforge.cli.prepare_vocab"],
             F: ["bertforge.cli.fill_mask"], X: ["bertforge.serving.export"],
             R: ["bertforge.serving.repository"],
-            K: ["bertforge.serving.client", "bertforge.tasks.squad", "tritonclient.http"]}
+            K: ["bertforge.serving.client", "bertforge.tasks.squad", "tritonclient.http"],
+            D: ["bertforge.serving.demo"]}
 
 _MARKER = "pwned_by_pickle"
 
