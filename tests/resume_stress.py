@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {len(failures.get(t, [])):3d} failed / {runs:3d} runs  {t}")
     if args.summary:
         Path(args.summary).write_text(json.dumps(
-            {"repeat": args.repeat, "tests": tests, "failures": failures,
+            {"commit": _commit(), "cpu": f"{os.cpu_count()} x {_cpu()}", "slurm": args.slurm,
+             "seconds": round(time.time() - t0), "repeat": args.repeat, "tests": tests, "failures": failures,
              "rounds": [{k: v for k, v in r.items() if k != "logs"} for r in rounds]}, indent=2))
     total = sum(len(v) for v in failures.values())
     print(f"failures: {total}")
