@@ -520,7 +520,7 @@ def table(cli_fixtures):
 
 def test_the_table_is_big_enough():
     assert len(CASES) >= 30
-    assert len({c for c, _, _ in CASES.values()}) == 13  # every CLI that takes paths/numbers
+    assert len({c for c, _, _ in CASES.values()}) == 14  # every CLI that takes paths/numbers (serve_demo.py since its empty-path check)
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
