@@ -1,4 +1,6 @@
-# bertforge: `make demo` (the main job on the embedded default, CPU) and `make test` (all tests).
+# bertforge: `make demo` (the main job on the embedded default, CPU), `make test` (the fast suite),
+# `make test-acceptance` (the slow checks on real data behind the figures in docs/); .ci/run runs
+# both and the Slurm tests.
 # Each target sets up what it needs (.venv) by itself.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -7,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve test test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean
+.PHONY: install install-serve test test-acceptance test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean
 
 install: $(STAMP)
 
@@ -37,6 +39,11 @@ $(TRITON_STAMP): deploy/triton/requirements-server.txt pyproject.toml
 
 test: install install-serve
 	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)
+
+# The acceptance checks that back figures in docs/ (real Wikipedia sample, SST-2, SQuAD; tests marked
+# `slow`, ~NN min on 2 idle cores). --no-skips: a check that cannot run fails instead of skipping.
+test-acceptance: install
+	$(PY) -m pytest -q -m "slow and not slurm" --no-skips $(PYTEST_ARGS)
 
 test-all: install install-serve
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.no_skips import (  # noqa: F401  (hooks: `--no-skips` makes a skip a failure)
+    pytest_addoption,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 

@@ -5,7 +5,8 @@
 #   bash tests/slurm/run_tests.sh [PYTEST ARGS...]
 #
 # When Slurm cannot be installed here (not root, no apt-get) this prints why and exits 0,
-# unless CI or BERTFORGE_REQUIRE_SLURM is set: then it is a failure.
+# unless CI or BERTFORGE_REQUIRE_SLURM is set (.ci/run sets it): then it is a failure. With the
+# cluster up, a skipped test is a failure too (--no-skips).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,7 +43,7 @@ fi
 export SLURM_CONF="$rundir/slurm.conf" BERTFORGE_SLURM_RUNDIR="$rundir"
 
 rc=0
-"$py" -m pytest -q -p no:cacheprovider -m slurm "$here" "$@" || rc=$?
+"$py" -m pytest -q -p no:cacheprovider --no-skips -m slurm "$here" "$@" || rc=$?
 [[ $rc -eq 0 ]] || keep=1
 echo "test-slurm: pytest exit $rc after $((SECONDS - start)) s" >&2
 exit "$rc"
