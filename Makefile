@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve test test-acceptance test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean
+.PHONY: install install-serve test test-acceptance test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean bench-quality bench-downstream
 
 install: $(STAMP)
 
@@ -88,6 +88,23 @@ bench: install
 	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_data.py
 	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_train.py --data $(BENCH_DATA) \
 		--repeats 7 --distinct_batches 7 --write docs/benchmarks.md
+
+# Model quality (docs/benchmarks.md, sections bench_quality and bench_downstream), from the Wikipedia
+# sample's phase-1 shards made with Google's uncased vocab in $(QUALITY_DATA) (once, ~1 min).
+# bench-quality: time to held-out MLM accuracy, bertforge vs HF Trainer at 4 learning rates, 20 min of
+# wall time per run (~2 h in all on 2 idle cores; BENCH_QUALITY_ARGS="--budget 60" for a smoke run).
+# bench-downstream: SST-2 and SQuAD fine-tuning from bertforge's pretraining vs random init (~1 h).
+QUALITY_DATA ?= results/qualitydata
+REAL_DATA = $${BERTFORGE_REAL_DATA:-../shared/data}
+$(QUALITY_DATA)/phase1_holdout_hdf5/.num_samples.json: | install
+	VOCAB_FILE=$(REAL_DATA)/vocab/bert-base-uncased-vocab.txt SKIP_PHASE2=1 PYTHON=$(PY) \
+		bash data/create_datasets_from_start.sh sample $(QUALITY_DATA)
+bench-quality: install $(QUALITY_DATA)/phase1_holdout_hdf5/.num_samples.json
+	BERTFORGE_REAL_DATA=$(REAL_DATA) $(PY) bench/bench_quality.py --data $(QUALITY_DATA) \
+		--write docs/benchmarks.md $(BENCH_QUALITY_ARGS)
+bench-downstream: install $(QUALITY_DATA)/phase1_holdout_hdf5/.num_samples.json
+	BERTFORGE_REAL_DATA=$(REAL_DATA) $(PY) bench/bench_downstream.py --data $(QUALITY_DATA) \
+		--write docs/benchmarks.md $(BENCH_DOWNSTREAM_ARGS)
 
 lint: install lint-shell
 	$(PY) -m ruff check bertforge tests bench deploy *.py

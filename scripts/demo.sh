@@ -50,9 +50,9 @@ case "$preset" in
     smoke)
         vocab_size=1000 dupe_factor=1 text_shards=2 shards=1 phase2_seq=128 phase2_pred=20
         bert_config="$repo/bert_configs/demo.json"
-        p1_batch=4 p1_lr=1e-2 p1_warmup=0.1 p1_steps="${DEMO_SMOKE_STEPS:-4}"
+        p1_batch=4 p1_lr=1e-2 p1_warmup=0.1 p1_steps="${DEMO_SMOKE_STEPS:-30}"
         p2_batch=2 p2_lr=4e-3 p2_warmup=0.1 p2_steps=2
-        ckpt_every="${DEMO_SMOKE_CKPT_EVERY:-2}" log_every=1 eval_batches=1 eval_batch=16 fill_examples=2 ;;
+        ckpt_every="${DEMO_SMOKE_CKPT_EVERY:-10}" log_every=1 eval_batches=4 eval_batch=32 fill_examples=2 ;;
     *) echo "demo.sh: error: DEMO_PRESET must be full or smoke, got '$preset'" >&2; exit 2 ;;
 esac
 
@@ -155,17 +155,22 @@ else
 fi
 
 # summary ---------------------------------------------------------------------------------------
-acc() {  # eval log -> "xx.x% (N masked tokens)"
-    "$PYTHON" - "$1" <<'EOF'
+accuracies() {  # the eval logs -> two summary lines; status 1 when pretraining did not help
+    "$PYTHON" - "$out/eval_trained.json" "$out/eval_untrained.json" <<'EOF'
 import sys
 from bertforge.plot import read_records
-final = [r["data"] for r in read_records(sys.argv[1])[0]
-         if r.get("type") == "LOG" and r.get("step") == [] and "eval_mlm_accuracy" in r.get("data", {})]
-d = final[-1]
-a = 100 * d["eval_mlm_accuracy"]
-print(f"{a:.1f}%" if a >= 1 else f"{a:.2g}%", end=" ")
-print(f"(MLM loss {d['eval_mlm_loss']:.2f}, "
-      f"{d['eval_masked_tokens']} masked tokens)")
+acc = []
+for path, name in zip(sys.argv[1:], ("pretrained", "untrained ")):
+    d = [r["data"] for r in read_records(path)[0]
+         if r.get("type") == "LOG" and r.get("step") == [] and "eval_mlm_accuracy" in r.get("data", {})][-1]
+    acc.append(d["eval_mlm_accuracy"])
+    a = 100 * d["eval_mlm_accuracy"]
+    lead = "Held-out MLM accuracy:  " if name == "pretrained" else " " * 24
+    print(f"{lead}{name} {f'{a:.1f}%' if a >= 1 else f'{a:.2g}%'} "
+          f"(MLM loss {d['eval_mlm_loss']:.2f}, {d['eval_masked_tokens']} masked tokens)")
+if acc[0] <= acc[1]:
+    print("error: the pretrained model is no better than the untrained one on held-out data", file=sys.stderr)
+    sys.exit(1)
 EOF
 }
 echo
@@ -173,8 +178,10 @@ echo "=== bertforge demo finished in $((SECONDS - t0)) s (this run)"
 echo "Fill-mask, pretrained model, held-out sentences (top 5 with probabilities):"
 cat "$out/fill_mask.txt"
 echo
-echo "Held-out MLM accuracy:  pretrained $(acc "$out/eval_trained.json")"
-echo "                        untrained  $(acc "$out/eval_untrained.json")"
+better=true
+accuracies || better=false
 echo "Curves (loss, learning rate, throughput): $png"
 echo "Checkpoints: $out/checkpoints   dllogger log: $out/dllogger.json   console log: $out/demo.log"
 echo "All results: $out"
+# The demo asserts what it shows: pretraining must beat the untrained model (no resume hint here).
+[[ $better == true ]] || { trap - EXIT; exit 1; }

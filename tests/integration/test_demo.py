@@ -23,7 +23,7 @@ from bertforge.checkpoint import list_checkpoints
 from bertforge.plot import extract_curves, read_records
 
 REPO = Path(__file__).resolve().parents[2]
-P1, P2 = 4, 2  # smoke preset: phase-1 and phase-2 steps (scripts/demo.sh)
+P1, P2 = 30, 2  # smoke preset: phase-1 and phase-2 steps (scripts/demo.sh)
 
 
 def _env(**extra) -> dict:
@@ -81,17 +81,22 @@ def test_demo_smoke_outputs(tmp_path, smoke_data):
     assert curves.phase_starts == [(2, P1)]
 
     # held-out MLM accuracy of both models, from run_pretraining.py's evaluation-only mode
-    accs = {}
+    accs, losses = {}, {}
     for which in ("trained", "untrained"):
         recs = [x["data"] for x in read_records(out / f"eval_{which}.json")[0]
                 if x.get("step") == [] and "eval_mlm_accuracy" in x.get("data", {})]
         assert len(recs) == 1
         assert recs[0]["eval_masked_tokens"] > 0 and 0.0 <= recs[0]["eval_mlm_accuracy"] <= 1.0
         accs[which] = recs[0]["eval_mlm_accuracy"]
+        losses[which] = recs[0]["eval_mlm_loss"]
     m = re.search(r"Held-out MLM accuracy:\s+pretrained ([0-9.e-]+)%.*\n\s+untrained\s+([0-9.e-]+)%", text)
     assert m, text[-2000:]
     assert float(m.group(1)) == pytest.approx(100 * accs["trained"], abs=0.051)
     assert float(m.group(2)) == pytest.approx(100 * accs["untrained"], abs=0.051)
+    # what the demo shows holds even on the smoke preset: 30 steps beat the untrained model on
+    # held-out data (measured: accuracy MEASURED_ACC, MLM loss MEASURED_LOSS)
+    assert accs["trained"] >= accs["untrained"] + 0.01, accs
+    assert losses["trained"] < losses["untrained"] - 0.3, losses
 
     # fill-mask: the held-out sentences with [MASK], top-5 lists, also in the summary
     import json
@@ -120,7 +125,8 @@ def test_demo_smoke_outputs(tmp_path, smoke_data):
     assert str(png) in "\n".join(last[-4:])
     assert "All results" in (out / "demo.log").read_text()
     assert not list(out.glob("*.partial"))
-    print(f"smoke demo: {elapsed:.0f} s")
+    print(f"smoke demo: {elapsed:.0f} s; held-out MLM accuracy {accs['trained']:.4f} vs untrained "
+          f"{accs['untrained']:.4f}, loss {losses['trained']:.3f} vs {losses['untrained']:.3f}")
 
     # a second run finds everything done and only prints the summary
     r2 = _run(out, timeout=120, DEMO_PROCS="1")
@@ -128,6 +134,16 @@ def test_demo_smoke_outputs(tmp_path, smoke_data):
     assert r2.stdout.count("done before:") == 5  # pretraining, 2 evaluations, fill-mask, plot
     assert "run_pretraining.py" not in r2.stdout  # no training or evaluation was started
     assert list_checkpoints(out / "checkpoints")[-1][0] == P1 + P2
+
+    # the demo asserts what it shows: results where pretraining did not help fail it
+    trained, untrained = out / "eval_trained.json", out / "eval_untrained.json"
+    swap = trained.read_bytes()
+    trained.write_bytes(untrained.read_bytes())
+    untrained.write_bytes(swap)
+    r3 = _run(out, timeout=120, DEMO_PROCS="1")
+    assert r3.returncode == 1, r3.stdout[-2000:]
+    assert "error: the pretrained model is no better than the untrained one" in r3.stdout
+    assert "demo stopped" not in r3.stdout  # not an interruption: no resume hint
 
 
 @pytest.mark.timeout(900)

@@ -1,0 +1,86 @@
+"""What the bench scripts that write docs/ share: where a figure came from, and the marked
+section of a markdown file that the script owns.
+
+A section is everything between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``; the script
+that measured the figures rewrites it whole (atomically), and nothing else writes there.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return rev + ("-dirty" if dirty else "")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(script: str, argv: list[str]) -> dict:
+    """Command, commit, machine and date of a measurement (recorded at its start)."""
+    import torch
+
+    info = {"command": " ".join(["python", script, *map(shlex.quote, argv)]),
+            "commit": git_commit(),
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_start": round(os.getloadavg()[0], 2)}
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def provenance_line(info: dict) -> str:
+    """One markdown paragraph: command, commit, machine, versions, date, load."""
+    versions = f"torch {info['torch']}" + (f", transformers {info['transformers']}" if "transformers" in info else "")
+    load = f"load average {info['load_start']} at the start"
+    if "load_end" in info:
+        load += f", {info['load_end']} at the end"
+    return (f"Command: `{info['command']}`  \n"
+            f"Commit `{info['commit']}`; {info['machine']}; {versions}; {info['date']}; {load}.")
+
+
+def write_section(path: str | os.PathLike, marker: str, text: str) -> None:
+    """Replace the ``marker`` section of ``path`` with ``text`` (appended when absent)."""
+    path = Path(path)
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    body = f"{start}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old:
+        pre, rest = old.split(start, 1)
+        if end not in rest:
+            raise SystemExit(f"error: {path}: '{start}' has no matching '{end}'")
+        new = pre + body + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + body
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(new)
+    os.replace(tmp, path)
