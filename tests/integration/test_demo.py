@@ -94,7 +94,7 @@ def test_demo_smoke_outputs(tmp_path, smoke_data):
     assert float(m.group(1)) == pytest.approx(100 * accs["trained"], abs=0.051)
     assert float(m.group(2)) == pytest.approx(100 * accs["untrained"], abs=0.051)
     # what the demo shows holds even on the smoke preset: 30 steps beat the untrained model on
-    # held-out data (measured: accuracy MEASURED_ACC, MLM loss MEASURED_LOSS)
+    # 4 held-out batches of 32 (measured: accuracy 2.6 % vs 0.0 %, MLM loss 8.18 vs 9.03)
     assert accs["trained"] >= accs["untrained"] + 0.01, accs
     assert losses["trained"] < losses["untrained"] - 0.3, losses
 
