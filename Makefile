@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve test test-acceptance test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean bench-quality bench-downstream
+.PHONY: install install-serve test test-acceptance test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean bench-quality bench-downstream docs-figures
 
 install: $(STAMP)
 
@@ -105,6 +105,11 @@ bench-quality: install $(QUALITY_DATA)/phase1_holdout_hdf5/.num_samples.json
 bench-downstream: install $(QUALITY_DATA)/phase1_holdout_hdf5/.num_samples.json
 	BERTFORGE_REAL_DATA=$(REAL_DATA) $(PY) bench/bench_downstream.py --data $(QUALITY_DATA) \
 		--write docs/benchmarks.md $(BENCH_DOWNSTREAM_ARGS)
+
+# The figures docs/ quotes from acceptance runs (demo.md, finetuning.md, pretraining.md): runs the tests that
+# check them (~45 min on 2 cores), then rewrites their marked sections (bench/bench_acceptance.py).
+docs-figures: install
+	BERTFORGE_REAL_DATA=$(REAL_DATA) $(PY) bench/bench_acceptance.py
 
 lint: install lint-shell
 	$(PY) -m ruff check bertforge tests bench deploy *.py

@@ -78,7 +78,8 @@ def write_section(path: str | os.PathLike, marker: str, text: str) -> None:
         pre, rest = old.split(start, 1)
         if end not in rest:
             raise SystemExit(f"error: {path}: '{start}' has no matching '{end}'")
-        new = pre + body + rest.split(end, 1)[1].lstrip("\n")
+        after = rest.split(end, 1)[1].lstrip("\n")
+        new = pre + body + ("\n" + after if after else "")
     else:
         new = old.rstrip("\n") + "\n\n" + body
     tmp = path.with_name(path.name + ".partial")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -63,3 +64,17 @@ def cli_fixtures(tmp_path_factory) -> dict:
     from tests.unit.test_bad_inputs import _fixtures
 
     return _fixtures(tmp_path_factory.mktemp("cli_fixtures"))
+
+
+@pytest.fixture
+def record_figure():
+    """``record_figure(name, **values)``: what an acceptance test measured, the figures that docs/
+    quotes. Printed; with $BERTFORGE_FIGURES_DIR set (bench/bench_acceptance.py sets it) also
+    written to <dir>/<name>.json, from which that script writes the docs' marked sections."""
+    def record(name: str, **values) -> None:
+        print(f"figure {name}: {json.dumps(values)}")
+        d = os.environ.get("BERTFORGE_FIGURES_DIR")
+        if d:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            (Path(d) / f"{name}.json").write_text(json.dumps(values, indent=1))
+    return record

@@ -1,0 +1,112 @@
+"""bench/bench_acceptance.py and bench/report.py: the figures the acceptance tests record land in
+their marked sections of docs/ with the command and commit, and nowhere else."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ba = _load("bench_acceptance")
+report = _load("report")
+
+FIGURES = {
+    "demo": {"wall_s": 301.2, "stage_s": {"1": 11, "2": 263, "3": 22, "4": 2, "5": 1},
+             "phase_sequences_per_s": [131.5, 30.2], "loss_first": [20, 9.64], "loss_last": [600, 6.97],
+             "trained": {"eval_mlm_accuracy": 0.1321, "eval_mlm_loss": 6.54, "eval_masked_tokens": 47896},
+             "untrained": {"eval_mlm_accuracy": 6.3e-05, "eval_mlm_loss": 9.03, "eval_masked_tokens": 47896},
+             "fill_mask": [{"text": "the 20th [MASK]", "hidden_word": "century", "hidden_word_rank": 115,
+                            "top": [{"token": "the", "probability": 0.0569}]}], "vocab_size": 8192},
+    "demo_qa": {"wall_s": 342.0, "exact_match": 59.0, "f1": 62.9, "questions": 100, "inference_answers": 8,
+                "inference_right": 7, "first": {"question": "by whom?", "answer": "reus", "gold": ["Hera"]}},
+    "sst2_full": {"untrained_acc": 0.515, "acc": 0.8440, "steps": 250, "train_rows": 8000, "dev_rows": 872},
+    "sst2_quick": {"untrained_acc": 0.515, "acc": 0.83, "steps": 40, "train_rows": 1280, "dev_rows": 200},
+    "squad_quick": {"untrained_f1": 6.9, "f1": 9.8, "exact_match": 3.9, "seen_untrained_f1": 6.2, "seen_f1": 25.1,
+                    "train_questions": 96, "dev_questions": 180},
+    "squad_longer": {"untrained_f1": 9.4, "f1": 16.4, "exact_match": 7.4, "epochs": 8, "train_questions": 324,
+                     "dev_questions": 149},
+    "pretrain_wiki": {"evals": [[[0, 0], {"eval_mlm_accuracy": 0.0, "eval_mlm_loss": 10.37, "eval_masked_tokens": 11537}],
+                                [[0, 100], {"eval_mlm_accuracy": 0.07, "eval_mlm_loss": 7.52, "eval_masked_tokens": 11537}],
+                                [[], {"eval_mlm_accuracy": 0.098, "eval_mlm_loss": 7.2, "eval_masked_tokens": 11537}]],
+                      "curve": [[25, 10.67], [100, 7.93], [300, 7.5]], "train_s": 1680.0, "instances": 25232,
+                      "vocab_size": 25200},
+}
+
+
+def test_figures_go_into_their_sections_with_command_and_commit(tmp_path):
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs", docs)
+    before = {p.name: p.read_text() for p in docs.glob("*.md")}
+    src = tmp_path / "figures"
+    src.mkdir()
+    for name, values in FIGURES.items():
+        (src / f"{name}.json").write_text(json.dumps(values))
+    (src / "_provenance.json").write_text(json.dumps({
+        "command": "python bench/bench_acceptance.py", "commit": "abc1234567", "machine": "cpu, 2 cores",
+        "torch": "2.13.0", "date": "2026-01-01 00:00 UTC", "load_start": 0.1, "load_end": 0.2}))
+    written = ba.main(["--from", str(src), "--docs", str(docs)])
+    assert written == ["demo.md:demo_figures", "finetuning.md:finetune_figures", "pretraining.md:pretrain_wiki"]
+    demo = (docs / "demo.md").read_text()
+    for text in ("**13.2 %** pretrained", "0.0063 %", "47,896 masked tokens", "5 min 1 s", "9.64 at step 20",
+                 "exact match 59.0, F1 62.9", "hidden: century  (rank 115)", "Commit `abc1234567`"):
+        assert text in demo, text
+    fine = (docs / "finetuning.md").read_text()
+    assert "**84.4 %** on the official dev set" in fine and "F1 16.4 / EM 7.4" in fine and "abc1234567" in fine
+    pre = (docs / "pretraining.md").read_text()
+    assert "| 100 | 7.00 % | 7.52 | 7.93 |" in pre and "| 300 | 9.80 % | 7.20 | 7.50 |" in pre
+    assert "25,232 training instances" in pre
+    # only the marked sections changed
+    for name, old in before.items():
+        new = (docs / name).read_text()
+        strip = lambda t: report_sections_removed(t)  # noqa: E731
+        assert strip(new) == strip(old), name
+    # and a second rendering changes nothing
+    ba.main(["--from", str(src), "--docs", str(docs)])
+    assert (docs / "demo.md").read_text() == demo
+
+
+def report_sections_removed(text: str) -> str:
+    out, skip = [], False
+    for line in text.splitlines():
+        if line.startswith("<!-- ") and line.endswith(":start -->"):
+            skip = True
+        if not skip:
+            out.append(line)
+        if line.startswith("<!-- ") and line.endswith(":end -->"):
+            skip = False
+    return "\n".join(out)
+
+
+def test_write_section_replaces_or_appends(tmp_path):
+    md = tmp_path / "b.md"
+    md.write_text("# B\n\nintro\n\n<!-- x:start -->\nold\n<!-- x:end -->\n\n## after\n")
+    report.write_section(md, "x", "new text\n")
+    assert md.read_text() == "# B\n\nintro\n\n<!-- x:start -->\nnew text\n<!-- x:end -->\n\n## after\n"
+    report.write_section(md, "y", "appended")
+    assert md.read_text().endswith("## after\n\n<!-- y:start -->\nappended\n<!-- y:end -->\n")
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_section_whose_end_marker_is_missing_is_an_error(tmp_path):
+    md = tmp_path / "b.md"
+    md.write_text("<!-- x:start -->\nold\n")
+    try:
+        report.write_section(md, "x", "new")
+    except SystemExit as e:
+        assert str(e).startswith("error: ") and "x:end" in str(e)
+    else:
+        raise AssertionError("no error")
+    assert md.read_text() == "<!-- x:start -->\nold\n"
