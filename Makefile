@@ -85,7 +85,7 @@ serve-demo: install install-serve
 BENCH_DATA ?= results/benchdata
 bench: install
 	@test -d $(BENCH_DATA)/phase1_hdf5 || PYTHON=$(PY) bash data/create_datasets_from_start.sh sample $(BENCH_DATA)
-	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_data.py
+	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_data.py --write docs/benchmarks.md
 	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_train.py --data $(BENCH_DATA) \
 		--repeats 7 --distinct_batches 7 --write docs/benchmarks.md
 

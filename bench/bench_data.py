@@ -9,9 +9,10 @@ dupe_factor 5):
     per-instance feature lists, h5py gzip write), as NVIDIA's script does it;
   * floor: tokenizing the corpus once with ``tokenizers`` (batched) plus writing the same
     final arrays once (gzip HDF5).
-Prints a Markdown table (paste into docs/benchmarks.md) and JSON with ``--json``.
+Prints a Markdown table, JSON with ``--json``; ``--write docs/benchmarks.md`` rewrites that
+file's bench_data section (with the command and commit).
 
-    .venv/bin/python bench/bench_data.py [--vocab_file V] [--repeat 2]
+    .venv/bin/python bench/bench_data.py [--vocab_file V] [--repeat 2] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -273,7 +274,12 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=2, help="best of N for the fast runs")
     ap.add_argument("--skip_reference", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--write", help="rewrite this markdown file's bench_data section")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import provenance, provenance_line, write_section
+
+    info = provenance("bench/bench_data.py", list(sys.argv[1:] if argv is None else argv))
 
     from bertforge.cli.prepare_wiki_sample import fetch_wiki_sample
     from bertforge.data.create import create_pretraining_shards
@@ -351,24 +357,30 @@ def main(argv=None):
         pass
     if args.json:
         print(json.dumps(res, indent=2))
-    print(f"\nWikipedia sample: {text_mb:.2f} MB of text, {ntok} tokens, vocab {res['vocab']}, "
-          f"{res['cpus']} CPUs; phase 1 (128/20), dupe_factor 5\n")
-    print(f"load average at the end: {res.get('load_average')}\n")
-    print("| run | wall s | CPU s | instances |\n| --- | ---: | ---: | ---: |")
+    info["load_end"] = res.get("load_average")
+    lines = [f"Wikipedia sample: {text_mb:.2f} MB of text, {ntok:,} WordPieces (vocab {res['vocab']}), "
+             f"phase 1 (128/20), dupe_factor 5, {args.num_text_shards} text shards, best of {args.repeat} for the "
+             "fast runs.", "", "| run | wall s | CPU s | instances |", "| --- | ---: | ---: | ---: |"]
     if "reference_s" in res:
-        print(f"| reference: pure-Python Google algorithm, 1 process | {res['reference_s']} | "
-              f"{cpu['reference']} | {res['reference_instances']} |")
-    print(f"| floor: tokenize once (tokenizers) + write the arrays once | {res['floor_s']} | "
-          f"{cpu['floor']} | {res['instances']} |")
-    print(f"| ours, --num_workers 1 | {res['ours_w1_s']} | {cpu['ours_w1']} | {res['instances']} |")
-    print(f"| ours, --num_workers 2 | {res['ours_w2_s']} | {cpu['ours_w2']} | {res['instances']} |")
+        lines.append(f"| reference: pure-Python Google algorithm, 1 process | {res['reference_s']} | "
+                     f"{cpu['reference']} | {res['reference_instances']:,} |")
+    lines += [f"| floor: tokenize once (tokenizers) + write the arrays once | {res['floor_s']} | "
+              f"{cpu['floor']} | {res['instances']:,} |",
+              f"| ours, --num_workers 1 | {res['ours_w1_s']} | {cpu['ours_w1']} | {res['instances']:,} |",
+              f"| ours, --num_workers 2 | {res['ours_w2_s']} | {cpu['ours_w2']} | {res['instances']:,} |", ""]
     if "reference_s" in res:
-        print(f"\nCPU-time speed-up vs reference: {cpu['reference'] / cpu['ours_w1']:.1f}x "
-              f"(1 worker), {cpu['reference'] / cpu['ours_w2']:.1f}x (2 workers); CPU ours / "
-              f"floor: {cpu['ours_w1'] / cpu['floor']:.2f} (1 worker)")
-        print(f"wall speed-up vs reference: {res['speedup_w2_vs_reference']}x (2 workers), "
-              f"{res['speedup_w1_vs_reference']}x (1 worker); ours / floor: "
-              f"{res['ours_w2_over_floor']} (2 workers), {res['ours_w1_over_floor']} (1 worker)")
+        lines.append(f"* Against the reference: **{res['speedup_w2_vs_reference']}x** faster in wall time with 2 "
+                     f"workers ({res['speedup_w1_vs_reference']}x with 1); in CPU time "
+                     f"{cpu['reference'] / cpu['ours_w1']:.1f}x (1 worker), {cpu['reference'] / cpu['ours_w2']:.1f}x "
+                     "(2 workers).")
+    lines.append(f"* Against the floor: {res['ours_w2_over_floor']}x its wall time (2 workers), "
+                 f"{res['ours_w1_over_floor']}x (1 worker); {cpu['ours_w1'] / cpu['floor']:.2f}x its CPU time "
+                 "(1 worker).")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if args.write:
+        write_section(args.write, "bench_data",
+                      f"Written by `bench/bench_data.py --write`.\n\n{provenance_line(info)}\n\n{text}")
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,8 @@ compared with inference.py's answers.
     BERTFORGE_REAL_DATA=/work/shared/data .venv/bin/python bench/bench_serving.py \
         [--config_file bert_configs/small.json | --init_checkpoint CKPT] [--questions 64] [--json out.json]
 
-Prints a Markdown table (paste into docs/benchmarks.md, section Serving).
+Prints a Markdown table; ``--write docs/benchmarks.md`` rewrites that file's bench_serving
+section (with the command and commit).
 """
 
 from __future__ import annotations
@@ -114,7 +115,12 @@ def main() -> int:
     p.add_argument("--doc_stride", type=int, default=128)
     p.add_argument("--warmup", type=int, default=8, help="requests before each timed run")
     p.add_argument("--json", default=None, help="write all figures here")
+    p.add_argument("--write", help="rewrite this markdown file's bench_serving section")
     args = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import provenance, provenance_line, write_section
+
+    info = provenance("bench/bench_serving.py", sys.argv[1:])
 
     root = os.environ.get("BERTFORGE_REAL_DATA")
     if not root:
@@ -202,10 +208,15 @@ def main() -> int:
         pass
     header = ("| run | batch | clients | p50 ms | p90 ms | p99 ms | windows/s | CPU ms/window | answers = inference.py |\n"
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"\nmodel {model_desc}, {n_params / 1e6:.1f} M parameters; {len(examples)} questions -> {len(feats)} "
-          f"windows of {args.max_seq_length}; load average {figures.get('load_average')}\n")
-    print(header)
-    print("\n".join(rows))
+    summary = (f"Model {model_desc}, {n_params / 1e6:.1f} M parameters (ONNX export differs from PyTorch by at most "
+               f"{figures['onnx_max_abs_diff']:.2g}); {len(examples)} questions -> {len(feats)} windows of "
+               f"{args.max_seq_length}.")
+    text = f"{summary}\n\n{header}\n" + "\n".join(rows) + "\n"
+    print("\n" + text)
+    if args.write:
+        info["load_end"] = round(os.getloadavg()[0], 2)
+        write_section(args.write, "bench_serving",
+                      f"Written by `bench/bench_serving.py --write`.\n\n{provenance_line(info)}\n\n{text}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
