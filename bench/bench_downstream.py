@@ -318,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=0, help="fine-tuning runs at a time, one thread each [cores]")
     g = p.add_argument_group("pretraining")
     g.add_argument("--pretrain_steps", type=int, default=800)
-    g.add_argument("--budgets", default="0.125,0.25,0.5,1", help="fractions of the run whose checkpoints are "
-                                                                  "fine-tuned [0.125,0.25,0.5,1]")
+    g.add_argument("--budgets", default="0.25,0.5,1",
+                   help="fractions of the run whose checkpoints are fine-tuned [0.25,0.5,1]")
     g.add_argument("--procs", type=int, default=2)
     g.add_argument("--pretrain_batch", type=int, default=32, help="sequences per process per step [32]")
     g.add_argument("--pretrain_lr", type=float, default=5e-3)

@@ -442,7 +442,7 @@ def markdown(res: dict, png_rel: str | None) -> str:
              f"{res['eval']['masked_tokens']:,} masked tokens (static masks), every snapshot evaluated by the same "
              f"code (transformers' BertForPreTraining with the snapshot's weights). Budget {a['budget']:g} s of wall "
              f"time per run, evaluated every {points[0]:g} s.", "",
-             "| run | recipe | steps done | sequences/s | final MLM accuracy | MLM loss | NSP accuracy |",
+             "| run | recipe | steps done | sequences per wall s (start-up included) | final MLM accuracy | MLM loss | NSP accuracy |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in runs:
         fin = r["evals"][-1] or {}
