@@ -91,9 +91,9 @@ bench: install
 
 # Model quality (docs/benchmarks.md, sections bench_quality and bench_downstream), from the Wikipedia
 # sample's phase-1 shards made with Google's uncased vocab in $(QUALITY_DATA) (once, ~1 min).
-# bench-quality: time to held-out MLM accuracy, bertforge vs HF Trainer at 4 learning rates, 20 min of
-# wall time per run (~2 h in all on 2 idle cores; BENCH_QUALITY_ARGS="--budget 60" for a smoke run).
-# bench-downstream: SST-2 and SQuAD fine-tuning from bertforge's pretraining vs random init (~1 h).
+# bench-quality: time to held-out MLM accuracy, bertforge vs HF Trainer at 3 learning rates, 20 min of
+# wall time per run (~1.5 h in all on 2 idle cores; BENCH_QUALITY_ARGS="--budget 60" for a smoke run).
+# bench-downstream: SST-2 and SQuAD fine-tuning from bertforge's pretraining vs random init (~1-1.5 h).
 QUALITY_DATA ?= results/qualitydata
 REAL_DATA = $${BERTFORGE_REAL_DATA:-../shared/data}
 $(QUALITY_DATA)/phase1_holdout_hdf5/.num_samples.json: | install
