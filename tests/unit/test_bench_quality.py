@@ -4,7 +4,6 @@ one evaluator for both sides, the SQuAD split), and their bad-input errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
@@ -12,21 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, bench_module
 
 sys.path.insert(0, str(REPO / "tests/integration"))
 from pretrain_fixtures import write_config, write_nvidia_hdf5  # noqa: E402
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bq = _load("bench_quality")
-bd = _load("bench_downstream")
+bq = bench_module("bench_quality")
+bd = bench_module("bench_downstream")
 
 
 def test_each_point_gets_the_last_state_reached_by_then():
