@@ -1,6 +1,6 @@
 # bertforge: `make demo` (the main job on the embedded default, CPU), `make test` (the fast suite),
 # `make test-acceptance` (the slow checks on real data behind the figures in docs/); .ci/run runs
-# both and the Slurm tests.
+# make test and the Slurm tests.
 # Each target sets up what it needs (.venv) by itself.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -41,7 +41,7 @@ test: install install-serve
 	$(PY) -m pytest -q -m "not slow and not slurm" $(PYTEST_ARGS)
 
 # The acceptance checks that back figures in docs/ (real Wikipedia sample, SST-2, SQuAD; tests marked
-# `slow`, ~NN min on 2 idle cores). --no-skips: a check that cannot run fails instead of skipping.
+# `slow`; tens of minutes on 2 cores). --no-skips: a check that cannot run fails instead of skipping.
 test-acceptance: install
 	$(PY) -m pytest -q -m "slow and not slurm" --no-skips $(PYTEST_ARGS)
 

@@ -12,7 +12,7 @@ passed, the figures go into these sections, with the command, commit and machine
   docs/pretraining.md  pretrain_wiki      tests/integration/test_pretrain_wiki.py
 
 ``--from DIR`` writes the sections from the figure files of an earlier run without running
-the tests again. The same tests run in CI (`make test-acceptance`, `make test`), with bars below
+the tests again. The same tests run in `make test-acceptance` and `make test`, with bars below
 these figures.
 """
 
@@ -130,7 +130,7 @@ RENDER = {"demo.md": demo_md, "finetuning.md": finetune_md, "pretraining.md": pr
 
 def write_docs(figures: dict, docs: Path, info: dict) -> list[str]:
     head = (f"Measured by `{SCRIPT}` (`make docs-figures`: the acceptance tests named below, which check "
-            f"these figures against their bars in CI); written by that script.\n\n{provenance_line(info)}")
+            f"these figures against their bars); written by that script.\n\n{provenance_line(info)}")
     written = []
     for name, (section, needs) in SECTIONS.items():
         if all(k in figures for k in needs):

@@ -1,8 +1,7 @@
 """pytest plugin: ``--no-skips`` turns every skip into a failure.
 
 `make test-acceptance` and the Slurm tests (tests/slurm/run_tests.sh) run with it, so a check
-that cannot run (no real data, no cluster, a missing tool) fails CI instead of passing as
-"skipped". tests/conftest.py registers these hooks for the whole suite; a test can load the
+that cannot run (no real data, no cluster, a missing tool) fails instead of passing as "skipped". tests/conftest.py registers these hooks for the whole suite; a test can load the
 module alone with ``-p tests.no_skips``.
 """
 

@@ -1,6 +1,6 @@
-"""CI's entry point runs every kind of check and lets none of them pass by not running:
-.ci/run calls make test, make test-acceptance and make test-slurm with a Slurm cluster
-required; tests/slurm/run_tests.sh fails instead of skipping when one is required."""
+"""CI's entry point lets no check pass by not running: .ci/run calls make test and make
+test-slurm with a Slurm cluster required; tests/slurm/run_tests.sh fails instead of skipping
+when one is required; make test-acceptance runs the slow checks with --no-skips."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_ci_run_calls_every_suite_with_slurm_required(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [line.split("|") for line in calls.read_text().splitlines()]
     targets = [row[0] for row in rows]
-    order = [targets.index(t) for t in ("test", "test-acceptance", "test-slurm")]
+    order = [targets.index(t) for t in ("test", "test-slurm")]
     assert order == sorted(order), targets
     assert all(row[1] == "1" and row[2] == "../shared/data" for row in rows), rows
 
