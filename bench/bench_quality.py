@@ -425,6 +425,11 @@ def summarize(runs: list[dict], points: list[float]) -> dict:
             "bertforge_final_accuracy": acc(bf)[-1]}
 
 
+def _s(t: float) -> str:
+    """Seconds for the tables: one decimal at most."""
+    return f"{t:.1f}".rstrip("0").rstrip(".")
+
+
 def _pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f} %"
 
@@ -440,8 +445,8 @@ def markdown(res: dict, png_rel: str | None) -> str:
              f"training text: the phase-1 shards of `{a['data']}` ({res['train_sequences']:,} sequences of <= 128 "
              f"tokens); held-out: {res['eval']['sequences']:,} sequences of the held-out articles with "
              f"{res['eval']['masked_tokens']:,} masked tokens (static masks), every snapshot evaluated by the same "
-             f"code (transformers' BertForPreTraining with the snapshot's weights). Budget {a['budget']:g} s of wall "
-             f"time per run, evaluated every {points[0]:g} s.", "",
+             f"code (transformers' BertForPreTraining with the snapshot's weights). Budget {_s(a['budget'])} s of wall "
+             f"time per run, evaluated every {_s(points[0])} s.", "",
              "| run | recipe | steps done | sequences per wall s (start-up included) | final MLM accuracy | MLM loss | NSP accuracy |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in runs:
@@ -451,17 +456,17 @@ def markdown(res: dict, png_rel: str | None) -> str:
                      f"{_pct(fin.get('nsp_accuracy'), 1)} |")
     t_bf, t_hf = s["bertforge_time_to_target"], s["hf_time_to_target"]
     verdict = ("not reached within the budget" if t_bf is None else
-               f"at **{t_bf:g} s**, {s['ratio']:.3f} of the {t_hf:g} s the best Hugging Face run took "
+               f"at **{_s(t_bf)} s**, {s['ratio']:.3f} of the {_s(t_hf)} s the best Hugging Face run took "
                f"(goal <= 0.25: {'met' if s['ratio'] <= 0.25 else 'not met'})")
     lines += ["", f"Target: the best Hugging Face run's (lr {s['best_hf_lr']:g}) final held-out MLM accuracy, "
-              f"{_pct(s['target_accuracy'])}, which it first showed at {t_hf:g} s. bertforge first showed it "
-              f"{verdict}. Resolution: one evaluation point, {points[0]:g} s.", "",
+              f"{_pct(s['target_accuracy'])}, which it first showed at {_s(t_hf)} s. bertforge first showed it "
+              f"{verdict}. Resolution: one evaluation point, {_s(points[0])} s.", "",
               "Held-out MLM accuracy at the same wall-clock points:", "",
               "| wall s | " + " | ".join(name(r) for r in runs) + " |",
               "| ---: | " + " | ".join("---:" for _ in runs) + " |"]
     for k, t in enumerate(points):
         cells = [_pct(r["evals"][k]["mlm_accuracy"]) if r["evals"][k] else "no checkpoint yet" for r in runs]
-        lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_s(t)} | " + " | ".join(cells) + " |")
     if png_rel:
         lines += ["", f"![held-out MLM accuracy against wall time]({png_rel})"]
     return "\n".join(lines) + "\n"
