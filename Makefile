@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-serve test test-acceptance test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean bench-quality bench-downstream docs-figures
+.PHONY: install install-serve test test-acceptance test-nvidia test-all test-slurm test-resume-stress demo demo-qa serve-demo lint lint-shell bench clean bench-quality bench-downstream docs-figures
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ test: install install-serve
 # `slow`; tens of minutes on 2 cores). --no-skips: a check that cannot run fails instead of skipping.
 test-acceptance: install
 	$(PY) -m pytest -q -m "slow and not slurm" --no-skips $(PYTEST_ARGS)
+
+# Every command line of NVIDIA's READMEs and scripts, run unchanged (tests marked `slow` in
+# test_nvidia_commands.py; a few minutes on 2 cores). .ci/run runs it.
+test-nvidia: install
+	$(PY) -m pytest -q -m slow --no-skips tests/integration/test_nvidia_commands.py $(PYTEST_ARGS)
 
 test-all: install install-serve
 	$(PY) -m pytest -q $(PYTEST_ARGS)
