@@ -29,7 +29,7 @@ def test_ci_run_calls_every_suite_with_slurm_required(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [line.split("|") for line in calls.read_text().splitlines()]
     targets = [row[0] for row in rows]
-    order = [targets.index(t) for t in ("test", "test-nvidia", "test-slurm")]
+    order = [targets.index(t) for t in ("test", "test-nvidia", "test-slurm", "test-resume-stress")]
     assert order == sorted(order), targets
     assert all(row[1] == "1" and row[2] == "../shared/data" for row in rows), rows
 
