@@ -1,0 +1,75 @@
+"""Checkpoints written by earlier versions of bertforge still load and resume exactly.
+
+tests/fixtures/checkpoint_v0 holds a phase-1 checkpoint of format 0 (before checkpoints carried
+a ``format_version``), written by an earlier commit (see its README), and the weights that
+commit's code reached from it: step 6 of the same phase-1 run, and step 5 of a phase 2 started
+from it. Today's code must reach the same weights, bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_fixtures import REPO  # noqa: E402
+
+from bertforge.checkpoint import load_checkpoint  # noqa: E402
+
+FIXTURE = REPO / "tests/fixtures/checkpoint_v0"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _flags(out: Path, *extra: str) -> list[str]:
+    return [f"--input_dir={FIXTURE / 'data'}", f"--config_file={FIXTURE / 'bert_config.json'}",
+            f"--output_dir={out}", "--train_batch_size=4", "--gradient_accumulation_steps=2",
+            "--max_steps=6", "--learning_rate=1e-2", "--warmup_proportion=0.2",
+            "--max_seq_length=32", "--max_predictions_per_seq=3", "--num_workers=0", "--do_train",
+            "--disable_progress_bar", "--seed=11", "--num_steps_per_checkpoint=3", "--log_freq=1",
+            "--resume_from_checkpoint", *extra]
+
+
+def _run(argv: list[str]) -> None:
+    from bertforge.cli.pretrain import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the fixture was written with OMP_NUM_THREADS=1
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _assert_weights(got: Path, expected: Path) -> None:
+    a = load_checkpoint(got)["model"]
+    b = torch.load(expected, weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ from {expected.name}, e.g. {diff[:3]}"
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    d = tmp_path / "out"
+    d.mkdir()
+    shutil.copy(FIXTURE / "ckpt_3.pt", d / "ckpt_3.pt")
+    return d
+
+
+def test_format0_checkpoint_resumes_exactly(out):
+    _run(_flags(out))
+    _assert_weights(out / "ckpt_6.pt", FIXTURE / "expected_phase1_step6.pt")
+    ck = load_checkpoint(out / "ckpt_6.pt")
+    assert (ck["phase"], ck["step"]) == (1, 6)
+
+
+def test_format0_checkpoint_starts_phase2_exactly(out):
+    _run(_flags(out, "--phase2", "--max_steps=2", "--num_steps_per_checkpoint=2"))
+    _assert_weights(out / "ckpt_5.pt", FIXTURE / "expected_phase2_step5.pt")
+    ck = load_checkpoint(out / "ckpt_5.pt")
+    assert (ck["phase"], ck["step"], ck["phase1_end_step"]) == (2, 2, 3)
