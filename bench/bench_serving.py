@@ -40,13 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bertforge.config import ModelConfig  # noqa: E402
+from bertforge.data.tokenization import load_tokenizer  # noqa: E402
 from bertforge.model.bert import BertForQuestionAnswering  # noqa: E402
 from bertforge.serving import export as ex  # noqa: E402
 from bertforge.serving.client import latency_stats, run_squad  # noqa: E402
 from bertforge.serving.launcher import TritonServerProcess  # noqa: E402
 from bertforge.serving.repository import BatchingOptions, generate_repository  # noqa: E402
 from bertforge.tasks.squad import decode, features_from, qa_logits, read_squad_examples  # noqa: E402
-from bertforge.tasks.text import load_tokenizer  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from bertforge.errors import CheckpointError
-from bertforge.io import atomic_path, torch_save
+from bertforge.files import atomic_path, torch_save
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_latest", "list_checkpoints",
            "prune_checkpoints", "checkpoint_name", "capture_rng_state", "restore_rng_state",

@@ -182,9 +182,6 @@ class ModelConfig:
                  position_embedding_type="absolute")
         return d
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from bertforge.cli.args import ArgumentParser
 from bertforge.config import ModelConfig
 from bertforge.errors import CheckpointError, UserError, cli_entry
-from bertforge.io import atomic_path, torch_save
+from bertforge.files import atomic_path, torch_save
 from bertforge.model.bert import (
     BertForMaskedLM,
     BertForPreTraining,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.errors import DataError, cli_entry
-from bertforge.io import atomic_write_json
+from bertforge.files import atomic_write_json
 from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2, is_v2_dataset, load_squad_json
 
 __all__ = ["build_parser", "main", "evaluate_files"]

@@ -257,7 +257,7 @@ def output_lock(folder: str | os.PathLike, flag: str, *, sibling: bool = False,
 
 
 def _mkdir(p: Path, flag: str) -> None:
-    from bertforge.io import ensure_dir
+    from bertforge.files import ensure_dir
 
     ensure_dir(p, flag)
 
@@ -339,7 +339,7 @@ def _umask() -> int:
 def swap_in(tmp: Path, final: Path) -> None:
     """Make the complete folder ``tmp`` the folder ``final``; an earlier ``final`` is swapped
     out (atomically where the kernel can exchange two paths) and then deleted."""
-    from bertforge.io import fsync_dir
+    from bertforge.files import fsync_dir
 
     parent = final.parent if str(final.parent) else Path(".")
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.errors import DataError, UserError, cli_entry
-from bertforge.io import atomic_path
+from bertforge.files import atomic_path
 
 __all__ = ["PANELS", "Curves", "read_records", "extract_curves", "plot_curves", "build_parser",
            "main"]

@@ -88,7 +88,7 @@ echo "+ python inference.py --init_checkpoint $model_dir/pytorch_model.bin --voc
 # The next ones in one batch: inference.py --json (a list of {"id", "question", "context"}).
 "$PYTHON" - "$qa/dev-v1.1.json" "$qa/questions.json" <<'EOF'
 import json, sys
-from bertforge.io import atomic_write_json
+from bertforge.files import atomic_write_json
 qs = [{"id": q["id"], "question": q["question"], "context": p["context"]}
       for a in json.load(open(sys.argv[1]))["data"] for p in a["paragraphs"] for q in p["qas"]]
 atomic_write_json(sys.argv[2], qs[:8])

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from bertforge.io import atomic_write_json, ensure_dir
+    from bertforge.files import atomic_write_json, ensure_dir
     from bertforge.tasks.demo_qa import build_squad, count_questions, read_documents
 
     args = build_parser().parse_args(argv)

@@ -27,7 +27,7 @@ import torch
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.errors import CheckpointError, ConfigError, DataError, cli_entry
-from bertforge.io import read_input_bytes, read_input_text
+from bertforge.files import read_input_bytes, read_input_text
 
 __all__ = ["Example", "MaskPrediction", "pick_examples", "FillMask", "format_example", "build_parser",
            "main"]
@@ -104,9 +104,9 @@ class FillMask:
     def __init__(self, init_checkpoint: str, vocab_file: str, do_lower_case: bool = True,
                  config_file: str | None = None, device: str | torch.device = "cpu") -> None:
         from bertforge.config import ModelConfig
+        from bertforge.data.tokenization import load_tokenizer
         from bertforge.model.bert import BertForMaskedLM
         from bertforge.model.convert import load_pretrained
-        from bertforge.tasks.text import load_tokenizer
 
         if not Path(init_checkpoint).exists():
             raise ConfigError(f"--init_checkpoint {init_checkpoint}: no such file or directory")
@@ -228,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from bertforge.io import atomic_write_json
-    from bertforge.tasks.text import find_vocab
+    from bertforge.data.tokenization import find_vocab
+    from bertforge.files import atomic_write_json
 
     args = build_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -21,13 +21,14 @@ import torch
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.cli.nvidia import add_dry_run, argv_of, note
+from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.distributed import rank0_output_lock
 from bertforge.errors import ConfigError, DataError, cli_entry
-from bertforge.io import atomic_write_json, atomic_write_text, ensure_dir
-from bertforge.logging import Logger
+from bertforge.files import atomic_write_json, atomic_write_text, ensure_dir
 from bertforge.model.bert import BertForSequenceClassification
+from bertforge.model.convert import load_task_model
+from bertforge.runlog import Logger
 from bertforge.tasks import glue
-from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
 from bertforge.train import finetune
 
 __all__ = ["build_parser", "main"]
@@ -186,7 +187,7 @@ def _run(args, task, rt) -> dict:
                                       with_labels=args.do_eval) if (args.do_eval or args.do_predict) else None
     vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)
     tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
-    model, report = finetune.load_task_model(args.init_checkpoint, BertForSequenceClassification,
+    model, report = load_task_model(args.init_checkpoint, BertForSequenceClassification,
                                              head=("classifier.*",), training=args.do_train,
                                              config_file=args.config_file, num_labels=task.num_labels)
     finetune.check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,

@@ -23,13 +23,14 @@ import torch
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
+from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.errors import ConfigError, DataError, cli_entry
-from bertforge.io import atomic_write_json, read_input_text
+from bertforge.files import atomic_write_json, read_input_text
 from bertforge.model.bert import BertForQuestionAnswering
+from bertforge.model.convert import load_task_model
 from bertforge.precision import Precision
 from bertforge.tasks import squad
-from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
-from bertforge.train.finetune import check_inputs_fit, load_task_model
+from bertforge.train.finetune import check_inputs_fit
 
 __all__ = ["build_parser", "main", "read_batch"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.errors import UserError, cli_entry
-from bertforge.io import atomic_path
+from bertforge.files import atomic_path
 
 __all__ = ["SAMPLE_MEMBER", "fetch_wiki_sample", "build_parser", "main"]
 

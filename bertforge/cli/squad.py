@@ -25,15 +25,16 @@ import numpy as np
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
+from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.distributed import rank0_output_lock
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
-from bertforge.io import atomic_path, atomic_write_json, ensure_dir
-from bertforge.logging import Logger
+from bertforge.files import atomic_path, atomic_write_json, ensure_dir
 from bertforge.model.bert import BertForQuestionAnswering
+from bertforge.model.convert import load_task_model
 from bertforge.profiling import StepProfiler
+from bertforge.runlog import Logger
 from bertforge.tasks import squad
 from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2, load_squad_json
-from bertforge.tasks.text import find_vocab, load_tokenizer, lower_case
 from bertforge.train import finetune
 
 __all__ = ["build_parser", "main"]
@@ -330,7 +331,7 @@ def _run(args, rt) -> dict:
     tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
     train_arrays = _train_arrays(args, tokenizer, vocab_file, rt, logger if rt.is_main else None) \
         if args.do_train else None
-    model, report = finetune.load_task_model(args.init_checkpoint, BertForQuestionAnswering,
+    model, report = load_task_model(args.init_checkpoint, BertForQuestionAnswering,
                                              head=("qa_outputs.*",), training=args.do_train,
                                              config_file=args.config_file, drop=("bert.pooler.*",))
     finetune.check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,

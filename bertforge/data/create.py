@@ -53,9 +53,9 @@ from bertforge.data.text import (
     read_jsonl_documents,
     read_text_documents,
 )
-from bertforge.data.vocab import load_vocab
+from bertforge.data.vocab import DATA_META, load_vocab, vocab_digest
 from bertforge.errors import DataError, UserError
-from bertforge.io import atomic_path, atomic_write_json, ensure_dir
+from bertforge.files import atomic_path, atomic_write_json, ensure_dir
 from bertforge.outputs import OutputLock, atomic_dir, check_output_path, output_lock, swap_in
 
 __all__ = [
@@ -148,14 +148,6 @@ def check_pretraining_vocab(vocab_file: str | os.PathLike) -> dict[str, int]:
         raise DataError(f"vocab file {vocab_file}: [PAD] must be the first token (id 0), "
                         f"it is id {vocab['[PAD]']}")
     return vocab
-
-
-DATA_META = ".bertforge_data.json"
-"""Written next to the shards: the settings they were made with, including ``vocab_digest``."""
-
-
-def vocab_digest(vocab_file) -> str:
-    return hashlib.sha256(Path(vocab_file).read_bytes()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- per file

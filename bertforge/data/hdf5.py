@@ -22,7 +22,7 @@ import numpy as np
 
 from bertforge.data.instances import InstanceSet
 from bertforge.errors import DataError
-from bertforge.io import atomic_path
+from bertforge.files import atomic_path
 
 __all__ = ["HDF5_KEYS", "HDF5_DTYPES", "write_hdf5_shard", "read_hdf5_shard",
            "hdf5_num_samples"]
@@ -40,8 +40,8 @@ def write_hdf5_shard(path: str | os.PathLike, instances: InstanceSet,
     """Write ``instances`` to ``path`` in NVIDIA's schema, atomically.
 
     gzip level 1 behind HDF5's byte-shuffle filter: the small integers' zero high bytes end
-    up together, so this writes in half the CPU time of NVIDIA's plain gzip (level 4) and
-    the files are about 10% smaller. Both filters are built into HDF5: any h5py reads them.
+    up together, so this writes in less CPU time than NVIDIA's plain gzip (level 4) and the
+    files are smaller. Both filters are built into HDF5: any h5py reads them.
     """
     import h5py
 

@@ -245,10 +245,6 @@ class PretrainingDataLoader:
         """Samples this rank yields per epoch (the same on every rank)."""
         return sum(min(q, self._batches_in(q) * self.batch_size) for q in self._per_rank)
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return sum(self._batches_in(q) for q in self._per_rank)
-
     def _file_order(self, epoch: int, bi: int) -> list[int]:
         b = self._bins[bi]
         order = _gen(self.seed, "files", epoch, b.bin_id).permutation(len(b.files)).tolist()

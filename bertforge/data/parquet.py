@@ -23,7 +23,7 @@ import numpy as np
 
 from bertforge.data.instances import InstanceSet
 from bertforge.errors import DataError
-from bertforge.io import atomic_path
+from bertforge.files import atomic_path
 
 __all__ = ["parquet_schema", "npy_bytes", "write_parquet_shard", "read_parquet_shard",
            "parquet_to_arrays", "bin_ids_for", "parquet_num_samples"]
@@ -185,16 +185,15 @@ def parquet_to_arrays(table, vocab: dict[str, int], *, path: str = "",
                             dtype=np.int64)
         return ids, counts
 
-    def nonempty_counts(col):
-        # "" splits into [""]: an empty segment has 0 tokens
-        lens = np.asarray(pc.utf8_length(col).to_numpy(zero_copy_only=False))
-        return lens == 0
+    def empty_rows(col):
+        """True where the row's string is empty ("" splits into [""], but holds 0 tokens)."""
+        return np.asarray(pc.utf8_length(col).to_numpy(zero_copy_only=False)) == 0
 
     a = table.column("A").combine_chunks()
     b = table.column("B").combine_chunks()
     a_ids, la = token_ids(a)
     b_ids, lb = token_ids(b)
-    a_empty, b_empty = nonempty_counts(a), nonempty_counts(b)
+    a_empty, b_empty = empty_rows(a), empty_rows(b)
     if a_empty.any() or b_empty.any():
         # drop the [""] placeholders of empty segments
         keep_a = np.repeat(~a_empty, la)
@@ -235,7 +234,7 @@ def parquet_to_arrays(table, vocab: dict[str, int], *, path: str = "",
             raise DataError(f"Parquet shard {path}: bad masked_lm_positions ({e})") from None
         counts = np.fromiter((len(x) for x in pos_list), dtype=np.int64, count=n)
         lab_ids, lab_counts = token_ids(table.column("masked_lm_labels").combine_chunks())
-        lab_empty = nonempty_counts(table.column("masked_lm_labels").combine_chunks())
+        lab_empty = empty_rows(table.column("masked_lm_labels").combine_chunks())
         if lab_empty.any():
             lab_ids = lab_ids[np.repeat(~lab_empty, lab_counts)]
             lab_counts = np.where(lab_empty, 0, lab_counts)

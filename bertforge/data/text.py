@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertforge.errors import DataError
-from bertforge.io import atomic_path, ensure_dir
+from bertforge.files import atomic_path, ensure_dir
 
 __all__ = [
     "Document",
@@ -468,7 +468,7 @@ def write_text_shards(
     shard, largest documents first (LPT), then each shard keeps the corpus order.
     Returns a summary dict (also written to ``out_dir/shards.json``).
     """
-    from bertforge.io import atomic_write_json
+    from bertforge.files import atomic_write_json
 
     if num_shards < 1:
         raise DataError(f"--num_shards must be >= 1, got {num_shards}")

@@ -6,6 +6,10 @@
 Google's pure-Python BasicTokenizer + WordpieceTokenizer (lower-casing strips accents,
 punctuation and CJK characters are split, words over 100 characters become [UNK]),
 but runs in Rust and can encode batches (``encode_batch_ids``).
+
+The fine-tuning tasks use the library's own tokenizer object (:func:`load_tokenizer`), which
+also gives each token's character span in the original text; :func:`special_ids`,
+:func:`find_vocab` and :func:`lower_case` go with it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
-from bertforge.data.vocab import load_vocab
+from bertforge.data.vocab import MAX_VOCAB_BYTES, load_vocab
+from bertforge.errors import DataError
+from bertforge.files import read_input_text
 
-__all__ = ["BertTokenizer", "BasicTokenizer", "WordpieceTokenizer", "whitespace_tokenize"]
+__all__ = ["BertTokenizer", "BasicTokenizer", "WordpieceTokenizer", "whitespace_tokenize",
+           "load_tokenizer", "special_ids", "find_vocab", "lower_case"]
 
 
 def whitespace_tokenize(text: str) -> list[str]:
@@ -120,8 +128,52 @@ class BertTokenizer:
         enc = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
         return [e.ids for e in enc]
 
-    def encode_batch_tokens(self, texts: Sequence[str]) -> list[list[str]]:
-        """WordPiece tokens of many texts at once; no special tokens."""
-        if not texts:
-            return []
-        return [e.tokens for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+# -- the tokenizer of the fine-tuning tasks ---------------------------------------------------
+_REQUIRED = ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+
+
+def load_tokenizer(vocab_file: str | os.PathLike, do_lower_case: bool = True):
+    """The ``tokenizers`` BERT WordPiece tokenizer of ``vocab_file``, for the fine-tuning tasks.
+
+    Unlike :class:`BertTokenizer` it returns, for every token, the character span it came
+    from in the *original* string (``encode(...).offsets``): SQuAD maps answers to tokens and
+    predictions back to text with them, without Google's alignment heuristics.
+
+    Raises DataError (one line, naming the file) when the file is missing, unreadable or
+    lacks one of the special tokens BERT inputs need.
+    """
+    path = Path(vocab_file)
+    tokens = read_input_text(path, f"--vocab_file {path}", max_bytes=MAX_VOCAB_BYTES).splitlines()
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        tok = tok.rstrip("\r")
+        if tok and tok not in vocab:  # first occurrence wins, like Google's load_vocab
+            vocab[tok] = i
+    missing = [t for t in _REQUIRED if t not in vocab]
+    if missing:
+        raise DataError(f"--vocab_file {path}: not a BERT WordPiece vocabulary (missing {', '.join(missing)})")
+    from tokenizers import BertWordPieceTokenizer
+
+    return BertWordPieceTokenizer(vocab, lowercase=do_lower_case)
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(cls_id, sep_id, pad_id) of ``tokenizer``."""
+    return (tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]"),
+            tokenizer.token_to_id("[PAD]"))
+
+
+def find_vocab(vocab_file: str | None, init_checkpoint: str | None) -> str:
+    """``vocab_file`` if given, else ``vocab.txt`` inside an HF checkpoint directory."""
+    if vocab_file:
+        return vocab_file
+    if init_checkpoint and Path(init_checkpoint).is_dir() and (Path(init_checkpoint) / "vocab.txt").is_file():
+        return str(Path(init_checkpoint) / "vocab.txt")
+    raise DataError("--vocab_file is required (no vocab.txt next to --init_checkpoint)")
+
+
+def lower_case(do_lower_case: bool, bert_model: str | None) -> bool:
+    """Whether to lower-case: ``--do_lower_case``, or a ``--bert_model`` name ending in "uncased"
+    (NVIDIA's scripts name the model, e.g. ``bert-large-uncased``)."""
+    return bool(do_lower_case) or bool(bert_model and bert_model.rstrip("/").lower().endswith("uncased"))

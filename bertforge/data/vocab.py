@@ -5,21 +5,27 @@ A vocab file is Google's format: one token per line, the line number is the id.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from bertforge.errors import DataError
-from bertforge.io import atomic_path, read_input_bytes
+from bertforge.files import atomic_path, read_input_bytes
 
 #: A vocab file above this size is not one (Google's multilingual vocab is ~1 MB).
 MAX_VOCAB_BYTES = 256 * 2**20
 
-__all__ = ["SPECIAL_TOKENS", "load_vocab", "train_wordpiece_vocab", "write_vocab"]
+__all__ = ["SPECIAL_TOKENS", "DATA_META", "load_vocab", "train_wordpiece_vocab", "write_vocab",
+           "vocab_digest", "check_shards_vocab"]
 
 #: The five special tokens BERT pretraining needs, in Google's order of ids 0, 100-103.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+DATA_META = ".bertforge_data.json"
+"""Written next to the shards: the settings they were made with, including ``vocab_digest``."""
 
 
 def load_vocab(
@@ -60,6 +66,30 @@ def load_vocab(
     if missing:
         raise DataError(f"vocab file {path} lacks the special token(s) {', '.join(missing)}")
     return vocab
+
+
+def vocab_digest(vocab_file: str | os.PathLike) -> str:
+    """A short digest of the vocab file's bytes (recorded in the shards' ``DATA_META``)."""
+    return hashlib.sha256(Path(vocab_file).read_bytes()).hexdigest()[:16]
+
+
+def check_shards_vocab(input_dir: str | os.PathLike, vocab_file: str | os.PathLike | None) -> None:
+    """DataError when ``vocab_file`` is not the vocab the shards in ``input_dir`` were made with.
+
+    Shards made by bertforge record their vocab's digest in ``DATA_META``; a different vocab
+    would mask with the wrong [MASK]/random ids (dynamic masking) or mislabel the vocab,
+    silently. NVIDIA's and LDDL's shards carry no digest and pass.
+    """
+    meta_file = Path(input_dir) / DATA_META
+    if vocab_file is None or not meta_file.is_file():
+        return
+    try:
+        recorded = json.loads(meta_file.read_text()).get("vocab_digest")
+    except (OSError, ValueError, AttributeError):
+        return
+    if recorded and recorded != vocab_digest(vocab_file):
+        raise DataError(f"--vocab_file {vocab_file} is not the vocab the shards in {input_dir} "
+                        f"were made with (digest {recorded} in {meta_file})")
 
 
 def write_vocab(tokens: Iterable[str], out_path: str | os.PathLike) -> Path:

@@ -26,8 +26,8 @@ Fast paths, all exact up to float reassociation (parity tests in tests/unit):
   with dropout, MLM cross-entropy, the in-place tied gradient); ``set_fused(False)`` turns them
   off. CUDA, whose caching allocator makes fresh buffers cheap, keeps PyTorch's ops.
 * fp32 CPU products through oneDNN (gemm.py): every Linear (a drop-in ``nn.Linear``) and the
-  fused blocks run x W^T and dL/dx on oneDNN's GEMM, 1.4-1.9x faster than MKL's on the AMD
-  CPUs measured; ``BERTFORGE_CPU_GEMM=aten`` or ``gemm.set_backend("aten")`` turns it off.
+  fused blocks run x W^T and dL/dx on oneDNN's GEMM, faster than MKL's on the CPUs measured
+  (docs/benchmarks.md); ``gemm.set_backend("aten")`` (``BERTFORGE_CPU_GEMM=aten``) turns it off.
 
 This module imports only torch (and, through dropout.py and gemm.py, numpy and bertforge.errors;
 bertforge.memory checks a config's size before its weights are allocated).
@@ -64,6 +64,7 @@ __all__ = [
     "BertForSequenceClassification",
     "BertPreTrainedModel",
     "pretraining_loss",
+    "masked_rows",
     "IGNORE_INDEX",
 ]
 
@@ -93,8 +94,8 @@ class _Packing:
     """Cost of one extra attention run, in units of score-matrix elements (measured on CPU)."""
     PAD_OVERHEAD = 64
     """Cost per padded-layout position of padded attention's scatter into [B, L, 3H] and
-    gather back (forward and backward), same units. On real phase-1 batches (16 x 128, ~108
-    real tokens each, 9-11 runs) this picks varlen, which measured 7 % faster per step."""
+    gather back (forward and backward), same units. On real phase-1 batches (lengths vary,
+    ~10 runs of equal length per batch) this picks varlen attention."""
 
     def __init__(self, attention_mask: torch.Tensor | None, batch: int, length: int, unpad: bool):
         self.batch, self.length = batch, length
@@ -525,7 +526,7 @@ def _masked_positions(masked_lm_labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return positions.masked_fill(~valid, 0), valid
 
 
-def _masked_rows(masked_lm_labels: torch.Tensor) -> torch.Tensor:
+def masked_rows(masked_lm_labels: torch.Tensor) -> torch.Tensor:
     """Flat positions (b * L + l) whose label is not ignored, row-major. labels [B, L] -> [M]."""
     labels = masked_lm_labels.flatten()
     return ((labels != IGNORE_INDEX) & (labels != -100)).nonzero().squeeze(1)
@@ -584,7 +585,7 @@ class BertForPreTraining(BertPreTrainedModel):
         hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask, tied=tied)  # [T, H]
         pooled = self.bert.pool(hidden, packing)  # [B, H]
         if masked_lm_labels is not None:
-            rows = packing.rows_of(_masked_rows(masked_lm_labels))
+            rows = packing.rows_of(masked_rows(masked_lm_labels))
             scores = self.cls.predictions(hidden.index_select(0, rows), tied)  # [M, V]
         elif masked_lm_positions is not None:
             P = masked_lm_positions.shape[1]
@@ -611,7 +612,7 @@ def pretraining_loss(prediction_scores: torch.Tensor, seq_relationship_score: to
     """
     labels = masked_lm_labels.long()
     if prediction_scores.dim() == 2:
-        labels = labels.flatten().index_select(0, _masked_rows(labels))  # [M]
+        labels = labels.flatten().index_select(0, masked_rows(labels))  # [M]
     else:
         labels = labels.reshape(-1).masked_fill(labels.reshape(-1) == -100, IGNORE_INDEX)
         prediction_scores = prediction_scores.reshape(-1, prediction_scores.shape[-1])
@@ -671,7 +672,3 @@ class BertForSequenceClassification(BertPreTrainedModel):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
         hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)
         return self.classifier(self.dropout(self.bert.pool(hidden, packing)))
-
-
-def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

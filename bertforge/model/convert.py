@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from bertforge.config import ModelConfig, pad_vocab_size
-from bertforge.errors import CheckpointError, UserError
-from bertforge.io import atomic_path, ensure_dir, torch_save
+from bertforge.errors import CheckpointError, ConfigError, UserError
+from bertforge.files import atomic_path, ensure_dir, torch_save
 
 __all__ = [
     "torch_load",
@@ -37,6 +37,7 @@ __all__ = [
     "normalize_state_dict",
     "load_state_dict_strict",
     "load_pretrained",
+    "load_task_model",
     "export_hf",
     "to_ngc_state_dict",
     "save_bertforge",
@@ -285,6 +286,40 @@ def load_pretrained(path: str | os.PathLike, model_cls, *, config: ModelConfig |
     report = load_state_dict_strict(model, normalize_state_dict(sd, model), source=f"checkpoint {path}",
                                     allow_missing=allow_missing, allow_unexpected=allow_unexpected)
     return model, report
+
+
+_PRETRAINING_HEADS = ("cls.*",)
+
+
+def load_task_model(init_checkpoint: str | Path, model_cls, *, head: tuple[str, ...], training: bool,
+                    config_file: str | Path | None = None, drop: tuple[str, ...] = (), **model_kwargs):
+    """The task model with weights from ``init_checkpoint`` (any format ``load_pretrained`` reads).
+
+    Args:
+        head: name patterns of the task head (``qa_outputs.*``, ``classifier.*``). When
+            ``training`` they may be missing (freshly initialised); for prediction only they
+            must be in the checkpoint, else CheckpointError ("missing keys: ...").
+        drop: further checkpoint entries this model has no place for (e.g. the pooler for QA).
+            Pretraining heads (``cls.*``) are always dropped.
+        config_file: a bert_config.json; needed for NGC files, else checked against the
+            checkpoint's own config.
+
+    Returns (model, LoadReport).
+    """
+    if not Path(init_checkpoint).exists():
+        raise ConfigError(f"--init_checkpoint {init_checkpoint}: no such file or directory")
+    config = ModelConfig.from_json_file(config_file) if config_file else None
+    allow_missing = head if training else ()
+    other_heads = ("qa_outputs.*", "classifier.*")
+    allow_unexpected = _PRETRAINING_HEADS + drop + tuple(h for h in other_heads if h not in head)
+    try:
+        return load_pretrained(init_checkpoint, model_cls, config=config, allow_missing=allow_missing,
+                               allow_unexpected=allow_unexpected, **model_kwargs)
+    except CheckpointError as e:
+        if not training and any(h.rstrip("*") in str(e) for h in head):
+            raise CheckpointError(f"{e}: it has no fine-tuned {model_cls.__name__} head; fine-tune it "
+                                  "first (--do_train)") from None
+        raise
 
 
 def to_ngc_state_dict(model: nn.Module, pad_to: int = 8) -> dict[str, torch.Tensor]:

@@ -1,12 +1,12 @@
 """Dropout with a fast random source on the CPU.
 
-PyTorch's CPU dropout draws every mask element from a scalar Mersenne-Twister loop, about
-40-60 ns per element: in BERT-base training at seq 128 that is ~150 M draws per step, several
-seconds, a large share of a CPU step. Here the mask comes from numpy's SFC64 generator
-(``random_raw``: 16 random bits per element, ~0.4 ns each), seeded from torch's default
+PyTorch's CPU dropout draws every mask element from a scalar Mersenne-Twister loop; BERT-base
+training at seq 128 draws ~150 M mask elements per step, a large share of a CPU step. Here the
+mask comes from numpy's SFC64 generator (``random_raw``: 16 random bits per element, a
+fraction of the cost per element), seeded from torch's default
 generator, so ``torch.manual_seed`` and saved/restored torch RNG states reproduce masks exactly
 (resume stays bit-exact). The mask is drawn, thresholded and scaled in cache-sized chunks
-straight into the output (about 3x faster than ``Generator.bytes`` plus a separate scaling pass).
+straight into the output (one pass, instead of ``Generator.bytes`` plus a separate scaling pass).
 The keep threshold has 16-bit resolution: an element is dropped with probability
 ``round(p * 65536) / 65536`` (|error| <= 7.6e-6) and kept ones are scaled by the exact inverse of
 the keep probability, so the expectation is preserved exactly. The mask is saved for backward

@@ -1,18 +1,17 @@
 """fp32 CPU matrix products through oneDNN, the library behind PyTorch's mkldnn ops.
 
-PyTorch sends fp32 ``F.linear``/``addmm``/``mm`` on the CPU to MKL's sgemm. On the 2-core AMD
-EPYC (Zen 4) these benchmarks run on, oneDNN's JIT GEMM, which picks its kernels from the CPU's
-feature flags, runs BERT's products 1.4-1.9x faster: x W^T at [2048, 768] x [768, 3072]
-196 vs 122 GFLOP/s, the MLM decoder's [319, 768] x [768, 30522] 177 vs 93 GFLOP/s. Weight
-gradients (g^T x, a long reduction over tokens) are no faster on oneDNN alone and 6 % slower
-inside a training step, so they stay on MKL (``g.t().mm(x)``).
+PyTorch sends fp32 ``F.linear``/``addmm``/``mm`` on the CPU to MKL's sgemm. oneDNN's JIT GEMM
+picks its kernels from the CPU's feature flags and, on the AMD EPYC CPUs the benchmarks run on,
+computes BERT's x W^T and dL/dx products faster than MKL (docs/benchmarks.md). Weight gradients
+(g^T x, a long reduction over tokens) are not faster on oneDNN inside a training step, so they
+stay on MKL (``g.t().mm(x)``).
 
 Used where the operands are fp32 CPU tensors, mkldnn is available and enabled
 (``torch.backends.mkldnn``), and nothing is tracing, scripting, compiling, exporting or
 autocasting (those see the plain ``F.linear``); everything else, CUDA included, takes PyTorch's
 own ops. Results equal PyTorch's up to float reassociation (tests/unit/test_gemm.py).
 
-``BERTFORGE_CPU_GEMM=aten`` (or :func:`set_backend`) turns it off for the process.
+:func:`set_backend` (``BERTFORGE_CPU_GEMM=aten`` at the command line) turns it off for the process.
 """
 
 from __future__ import annotations
@@ -103,8 +102,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def column_sums(g: torch.Tensor) -> torch.Tensor:
-    """g [T, N] -> [N], a bias gradient. As a matrix-vector product (BLAS gemv): 2.5x faster
-    than ``g.sum(0)`` on the CPU for [2048, 3072], 2.4x for the decoder's [320, 30522]."""
+    """g [T, N] -> [N], a bias gradient, as a matrix-vector product (BLAS gemv), which on the
+    CPU is faster than the reduction ``g.sum(0)`` for BERT's shapes."""
     return torch.mv(g.t(), g.new_ones(g.shape[0]))
 
 

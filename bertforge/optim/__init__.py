@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from bertforge.optim.adamw import BertAdam, make_adamw
-from bertforge.optim.lamb import LAMB, global_grad_norm, make_lamb
+from bertforge.optim.grads import global_grad_norm
+from bertforge.optim.lamb import LAMB, make_lamb
 from bertforge.optim.param_groups import is_decayed, param_groups
 from bertforge.optim.schedulers import (
     ConstantWarmUpScheduler,
@@ -39,10 +40,8 @@ def build_optimizer(model_or_params, name: str = "lamb", lr: float = 1e-3,
             Adam: no bias correction).
         lr: base learning rate (a scheduler then drives ``group["lr"]``).
         weight_decay: decoupled decay for tensors with dim >= 2; 0 for the others.
-        max_grad_norm: LAMB clips internally (apex semantics); for Adam variants the
-            training loop clips with this value instead (see ``TrainStep``).
-
-    The returned optimizer has ``clips_grad_norm`` (bool) telling the loop who clips.
+        max_grad_norm: LAMB clips inside its update (apex semantics); the Adam variants are
+            clipped before theirs (see :func:`bertforge.optim.grads.clip_to_global_norm`).
     """
     groups = param_groups(model_or_params, weight_decay)
     if not groups:

@@ -2,8 +2,8 @@
 
 ``BertAdam`` is the optimizer of Google's original BERT (``AdamWeightDecayOptimizer``) and of
 NVIDIA's fine-tuning scripts: Adam moments **without bias correction**, decoupled weight
-decay, ``p <- p - lr * (m / (sqrt(v) + eps) + wd * p)``. Gradient clipping is done by the
-training loop (:class:`bertforge.train.loop.TrainStep`), globally, after the all-reduce;
+decay, ``p <- p - lr * (m / (sqrt(v) + eps) + wd * p)``. Gradient clipping (global, after the
+all-reduce) is :func:`bertforge.optim.grads.clip_to_global_norm`'s, before the update;
 the learning-rate schedule by :mod:`bertforge.optim.schedulers`.
 """
 
@@ -24,8 +24,6 @@ class BertAdam(torch.optim.Optimizer):
         eps: denominator term (Google uses 1e-6).
         weight_decay: decoupled decay of groups that do not set their own.
     """
-
-    clips_grad_norm = False
 
     def __init__(self, params, lr: float = 5e-5, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.01) -> None:
@@ -72,7 +70,5 @@ class BertAdam(torch.optim.Optimizer):
 def make_adamw(params, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999),
                eps: float = 1e-6) -> torch.optim.Optimizer:
     """torch's AdamW (bias-corrected, decoupled decay) with the multi-tensor implementation."""
-    opt = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                            foreach=True)
-    opt.clips_grad_norm = False
-    return opt
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                             foreach=True)

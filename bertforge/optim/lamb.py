@@ -19,8 +19,8 @@ A skipped step (fp16 overflow, see :mod:`bertforge.precision`) never reaches :me
 
 On CUDA, :func:`make_lamb` returns apex's ``FusedLAMB`` when apex is importable. On the CPU
 the moments and the Adam direction go through PyTorch's fused CPU Adam kernel (one pass over
-gradient, moments and update instead of a dozen ``_foreach`` passes, about 2x faster for
-BERT-base); the generic ``_foreach`` path is the reference it is tested against.
+gradient, moments and update instead of a dozen ``_foreach`` passes); the generic
+``_foreach`` path is the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -29,50 +29,9 @@ import math
 
 import torch
 
-__all__ = ["LAMB", "make_lamb", "global_grad_norm"]
+from bertforge.optim.grads import densify_sparse_grads, global_grad_norm, sum_of_squares
 
-
-def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of all ``grads`` taken together, as a 0-dim fp32 tensor (no host sync).
-
-    Non-finite gradients give a non-finite norm, which is how overflow is detected.
-    """
-    if not grads:
-        return torch.zeros(())
-    if all(_blas_sumsq_ok(g) for g in grads):
-        return torch.stack([_sumsq(g).float() for g in grads]).sum().sqrt()
-    # Per tensor, multi-tensor kernel; 16-bit gradients accumulate in fp32 (their own dtype
-    # would round each norm to 3 significant digits), the others in their own precision.
-    half = [g for g in grads if g.dtype in _HALF]
-    rest = [g for g in grads if g.dtype not in _HALF]
-    norms = list(torch._foreach_norm(half, 2, dtype=torch.float32)) if half else []
-    norms += [n.float() for n in torch._foreach_norm(rest)] if rest else []
-    return torch.linalg.vector_norm(torch.stack(norms))
-
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _blas_sumsq_ok(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
-
-
-def _sumsq(t: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of ``t`` (0-dim). Contiguous fp32/fp64 CPU tensors go through BLAS dot,
-    2-2.5x faster than ``vector_norm`` here (MKL, 0.6M-23M elements); others through the norm."""
-    if _blas_sumsq_ok(t):
-        flat = t.view(-1)
-        return torch.dot(flat, flat)
-    return torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype in _HALF else None).square()
-
-
-def densify_sparse_grads(params) -> None:
-    """Make sparse ``.grad`` tensors dense in place. A tied word embedding returns a sparse
-    gradient that the MLM decoder's dense one absorbs in backward; it stays sparse only when
-    a loss left the decoder out, and norms, clipping and the optimizers need dense tensors."""
-    for p in params:
-        if p.grad is not None and p.grad.is_sparse:
-            p.grad = p.grad.to_dense()
+__all__ = ["LAMB", "make_lamb"]
 
 
 class LAMB(torch.optim.Optimizer):
@@ -92,8 +51,8 @@ class LAMB(torch.optim.Optimizer):
     computes it anyway to detect overflow and to log it), so it is not computed twice.
     """
 
-    #: The training loop reads these: LAMB clips internally (the loop must not clip again)
-    #: and its ``step`` takes the loop's precomputed global norm.
+    #: Read by :func:`bertforge.optim.grads.clip_to_global_norm`: LAMB clips inside its update
+    #: (nothing clips before it) and its ``step`` takes the precomputed global norm.
     clips_grad_norm = True
     accepts_grad_norm = True
 
@@ -238,7 +197,7 @@ class LAMB(torch.optim.Optimizer):
             torch._fused_adamw_([u], [g], [m], [v], [], [s], lr=-1.0, beta1=beta1, beta2=beta2,
                                 weight_decay=wd - 1.0 if wd != 0 else 0.0, eps=eps, amsgrad=False,
                                 maximize=False, grad_scale=scale, found_inf=None)
-            p_norm, u_norm = math.sqrt(float(_sumsq(p))), math.sqrt(float(_sumsq(u)))
+            p_norm, u_norm = math.sqrt(float(sum_of_squares(p))), math.sqrt(float(sum_of_squares(u)))
             ratio = p_norm / u_norm if p_norm > 0 and u_norm > 0 else 1.0
             p.add_(u, alpha=-lr * ratio)
 

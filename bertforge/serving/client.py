@@ -33,7 +33,7 @@ import numpy as np
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.errors import ConfigError, UserError, cli_entry
-from bertforge.io import atomic_write_json, ensure_dir
+from bertforge.files import atomic_write_json, ensure_dir
 
 __all__ = [
     "ClientError",
@@ -352,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    from bertforge.data.tokenization import load_tokenizer
     from bertforge.tasks.squad import (
         examples_from_pairs,
         nbest_json,
@@ -359,7 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         read_squad_examples,
     )
     from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2, load_squad_json
-    from bertforge.tasks.text import load_tokenizer
 
     args = build_parser().parse_args(argv)
     url = args.url or ("localhost:8000" if args.protocol == "http" else "localhost:8001")

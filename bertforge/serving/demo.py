@@ -87,12 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     from bertforge.cli.inference import main as inference_main
+    from bertforge.data.tokenization import load_tokenizer
     from bertforge.serving import export as ex
     from bertforge.serving.client import run_squad
     from bertforge.serving.launcher import TritonServerProcess
     from bertforge.serving.repository import BatchingOptions, generate_repository
     from bertforge.tasks.squad import examples_from_pairs, read_squad_examples
-    from bertforge.tasks.text import load_tokenizer
 
     args = build_parser().parse_args(argv)
     for flag in ("init_checkpoint", "vocab_file"):  # `--init_checkpoint=$CKPT` with CKPT unset

@@ -43,7 +43,7 @@ from torch import nn
 from bertforge.cli.args import ArgumentParser
 from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError, UserError, cli_entry
-from bertforge.io import atomic_path, atomic_write_json, ensure_dir
+from bertforge.files import atomic_path, atomic_write_json, ensure_dir
 from bertforge.serving.signature import MANIFEST_NAME, ExportedModel, ExportManifest, io_specs
 
 __all__ = [
@@ -96,7 +96,7 @@ def load_model(init_checkpoint: str, task: str, *, config_file: str | None = Non
     """A fine-tuned model from a bertforge file, an HF directory or an NGC file, loaded by the
     same rules as inference.py / run_glue.py prediction (the task head must be present)."""
     from bertforge.model.bert import BertForQuestionAnswering, BertForSequenceClassification
-    from bertforge.train.finetune import load_task_model
+    from bertforge.model.convert import load_task_model
 
     if task == "qa":
         model, _ = load_task_model(init_checkpoint, BertForQuestionAnswering, head=("qa_outputs.*",),
@@ -176,8 +176,8 @@ def squad_check_inputs(predict_file: str, vocab_file: str, *, max_seq_length: in
                        do_lower_case: bool = True) -> Batch:
     """Real inputs: the sliding windows of the first ``max_questions`` questions of a SQuAD
     file, exactly as inference.py builds them. Returns arrays [N, max_seq_length]."""
+    from bertforge.data.tokenization import load_tokenizer
     from bertforge.tasks.squad import features_from, read_squad_examples
-    from bertforge.tasks.text import load_tokenizer
 
     examples = read_squad_examples(predict_file)[:max_questions]
     if not examples:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertforge.errors import ConfigError, DataError, cli_entry
-from bertforge.io import atomic_path, atomic_write_text, ensure_dir
+from bertforge.files import atomic_path, atomic_write_text, ensure_dir
 from bertforge.serving.signature import TRITON_DTYPES, ExportedModel, ExportManifest, TensorSpec
 
 __all__ = [

@@ -3,5 +3,6 @@
 ``squad``          examples, sliding-window features, n-best decoding, ``answer_questions``
 ``squad_metrics``  the official SQuAD v1.1 / v2.0 evaluation
 ``glue``           TSV processors, features and metrics of every GLUE task
-``text``           WordPiece tokenizer with character offsets (HF ``tokenizers``)
+
+Their tokenizer (WordPiece with character offsets) is ``bertforge.data.tokenization.load_tokenizer``.
 """

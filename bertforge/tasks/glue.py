@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertforge.data.tokenization import special_ids
 from bertforge.errors import ConfigError, DataError
-from bertforge.tasks.text import special_ids
 
 __all__ = [
     "GlueExample",

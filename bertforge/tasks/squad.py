@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertforge.data.tokenization import special_ids
 from bertforge.errors import ConfigError, DataError
 from bertforge.tasks.squad_metrics import load_squad_json
-from bertforge.tasks.text import special_ids
 
 __all__ = [
     "SquadExample",
@@ -232,7 +232,7 @@ def features_from(examples: Sequence[SquadExample], tokenizer, *, max_seq_length
                   is_training: bool = False) -> SquadFeatures:
     """Tokenize ``examples`` into sliding windows of ``max_seq_length`` tokens.
 
-    ``tokenizer`` is a ``tokenizers`` BERT WordPiece tokenizer (see ``tasks.text``).
+    ``tokenizer`` is a ``tokenizers`` BERT WordPiece tokenizer (see ``data.tokenization``).
     With ``is_training`` each window carries the token positions of the example's first
     answer (0/0 when the answer is impossible or not wholly inside the window).
     """

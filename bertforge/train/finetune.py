@@ -4,9 +4,6 @@ A task hands over its features as a dict of equally long numpy arrays (``input_i
 ``token_type_ids``, ``attention_mask`` [N, L] and its labels) and a
 ``loss_fn(model, batch) -> scalar``; this module does the rest:
 
-* :func:`load_task_model`  builds the task model from a bertforge / HF / NGC checkpoint,
-  strictly: only the pretraining heads (``cls.*``) and, when training, the new task head
-  may be absent;
 * :class:`BatchLoader`     shuffled (per seed and epoch), rank-sharded batches, each cut to
   its longest sequence (dynamic padding: attention ignores padding, so outputs at real
   positions are unchanged and a CPU does much less work);
@@ -30,10 +27,10 @@ import numpy as np
 import torch
 
 from bertforge.config import ModelConfig
-from bertforge.errors import CheckpointError, ConfigError
-from bertforge.io import atomic_write_json
+from bertforge.errors import ConfigError
+from bertforge.files import atomic_write_json
 from bertforge.memory import require_model_memory
-from bertforge.model.convert import load_pretrained, save_bertforge
+from bertforge.model.convert import save_bertforge
 from bertforge.optim import build_optimizer
 from bertforge.optim.schedulers import LinearWarmUpScheduler
 from bertforge.precision import Precision
@@ -43,7 +40,6 @@ __all__ = [
     "FinetuneConfig",
     "TrainSummary",
     "BatchLoader",
-    "load_task_model",
     "check_inputs_fit",
     "train",
     "predict",
@@ -59,7 +55,6 @@ __all__ = [
 
 WEIGHTS_NAME = "pytorch_model.bin"  # NVIDIA's names for the fine-tuned model
 CONFIG_NAME = "bert_config.json"
-_PRETRAINING_HEADS = ("cls.*",)
 
 
 @dataclass
@@ -118,37 +113,6 @@ class TrainSummary:
 
 
 # --------------------------------------------------------------------------- model loading
-
-
-def load_task_model(init_checkpoint: str | Path, model_cls, *, head: tuple[str, ...], training: bool,
-                    config_file: str | Path | None = None, drop: tuple[str, ...] = (), **model_kwargs):
-    """The task model with weights from ``init_checkpoint`` (any format ``load_pretrained`` reads).
-
-    Args:
-        head: name patterns of the task head (``qa_outputs.*``, ``classifier.*``). When
-            ``training`` they may be missing (freshly initialised); for prediction only they
-            must be in the checkpoint, else CheckpointError ("missing keys: ...").
-        drop: further checkpoint entries this model has no place for (e.g. the pooler for QA).
-            Pretraining heads (``cls.*``) are always dropped.
-        config_file: a bert_config.json; needed for NGC files, else checked against the
-            checkpoint's own config.
-
-    Returns (model, LoadReport).
-    """
-    if not Path(init_checkpoint).exists():
-        raise ConfigError(f"--init_checkpoint {init_checkpoint}: no such file or directory")
-    config = ModelConfig.from_json_file(config_file) if config_file else None
-    allow_missing = head if training else ()
-    other_heads = ("qa_outputs.*", "classifier.*")
-    allow_unexpected = _PRETRAINING_HEADS + drop + tuple(h for h in other_heads if h not in head)
-    try:
-        return load_pretrained(init_checkpoint, model_cls, config=config, allow_missing=allow_missing,
-                               allow_unexpected=allow_unexpected, **model_kwargs)
-    except CheckpointError as e:
-        if not training and any(h.rstrip("*") in str(e) for h in head):
-            raise CheckpointError(f"{e}: it has no fine-tuned {model_cls.__name__} head; fine-tune it "
-                                  "first (--do_train)") from None
-        raise
 
 
 def check_inputs_fit(config: ModelConfig, *, max_seq_length: int, tokenizer, vocab_file,

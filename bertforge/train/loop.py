@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bertforge.optim.lamb import densify_sparse_grads, global_grad_norm
+from bertforge.optim.grads import (
+    check_clipping,
+    clip_to_global_norm,
+    densify_sparse_grads,
+    global_grad_norm,
+)
 from bertforge.precision import Precision
 
 __all__ = ["TrainStep", "StepResult"]
@@ -66,9 +71,9 @@ class TrainStep:
 
     Args:
         model: the model, possibly wrapped in ``DistributedDataParallel``.
-        optimizer: from :func:`bertforge.optim.build_optimizer`. When it clips gradients
-            itself (LAMB, ``clips_grad_norm = True``) the loop does not clip again, and its
-            threshold must equal ``max_grad_norm``.
+        optimizer: from :func:`bertforge.optim.build_optimizer`. Clipping to the global norm
+            is :func:`bertforge.optim.grads.clip_to_global_norm`'s (LAMB clips inside its
+            update, at its own threshold, which must equal ``max_grad_norm``).
         lr_scheduler: a :mod:`bertforge.optim.schedulers` scheduler, or None.
         precision: a :class:`bertforge.precision.Precision`.
         accumulation_steps: the number of micro-batches of a full step.
@@ -90,13 +95,7 @@ class TrainStep:
         self.accumulation_steps = int(accumulation_steps)
         self.max_grad_norm = float(max_grad_norm)
         self.allreduce_post_accumulation = allreduce_post_accumulation
-        self.optimizer_clips = bool(getattr(optimizer, "clips_grad_norm", False))
-        self._pass_norm = bool(getattr(optimizer, "accepts_grad_norm", False))
-        if self.optimizer_clips:
-            inner = getattr(optimizer, "max_grad_norm", optimizer.defaults.get("max_grad_norm"))
-            if inner is not None and float(inner) != self.max_grad_norm:
-                raise ValueError(f"the optimizer clips at {inner} but TrainStep was given "
-                                 f"max_grad_norm={self.max_grad_norm}")
+        check_clipping(optimizer, self.max_grad_norm)
         self.skipped_steps = 0
         # every parameter the optimizer updates, in its order (one summation order for the norm)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -142,13 +141,11 @@ class TrainStep:
         norm = global_grad_norm(grads)  # of the all-reduced gradient: DDP reduced in backward
         # fp16: a non-finite norm means overflow; the step is skipped and the scale lowered.
         skipped = bool(scaler is not None and not torch.isfinite(norm))
+        kwargs = {}
         if not skipped:
             if self.lr_scheduler is not None:
                 self.lr_scheduler.step()  # the rate of this update (NVIDIA's order)
-            if not self.optimizer_clips and self.max_grad_norm > 0 and grads:
-                coef = self.max_grad_norm / torch.clamp(norm, min=self.max_grad_norm)
-                torch._foreach_mul_(grads, coef.to(grads[0].dtype))
-        kwargs = {"grad_norm": norm} if self._pass_norm else {}
+            kwargs = clip_to_global_norm(self.optimizer, grads, norm, self.max_grad_norm)
         if scaler is not None:
             scaler.step(self.optimizer, **kwargs)  # does nothing on overflow
             scaler.update()

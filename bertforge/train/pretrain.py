@@ -36,8 +36,7 @@ from bertforge.checkpoint import (
 from bertforge.config import ModelConfig
 from bertforge.distributed import DistInfo, barrier, cleanup, init_distributed, rank0_output_lock
 from bertforge.errors import CheckpointError, ConfigError, DataError, UserError
-from bertforge.io import ensure_dir
-from bertforge.logging import Logger, require_tensorboard
+from bertforge.files import ensure_dir
 from bertforge.memory import require_model_memory
 from bertforge.nvidia_checkpoint import (
     is_nvidia_checkpoint,
@@ -49,6 +48,7 @@ from bertforge.nvidia_checkpoint import (
 from bertforge.optim import PolyWarmUpScheduler, build_optimizer
 from bertforge.precision import Precision
 from bertforge.profiling import StepProfiler
+from bertforge.runlog import Logger, require_tensorboard
 from bertforge.train.loop import TrainStep
 from bertforge.train.numerics import differences as numerics_differences
 from bertforge.train.numerics import environment as numerics_environment
@@ -160,32 +160,14 @@ class PretrainingLoss:
 
 
 # -- data ----------------------------------------------------------------------------------
-def _check_vocab_of_shards(input_dir: str, vocab_file: str | None) -> None:
-    """Shards made by bertforge record their vocab's digest; a different --vocab_file would
-    mask with the wrong [MASK]/random ids (dynamic masking) or mislabel the vocab, silently."""
-    import json
-
-    from bertforge.data.create import DATA_META, vocab_digest
-
-    meta_file = Path(input_dir) / DATA_META
-    if vocab_file is None or not meta_file.is_file():
-        return  # NVIDIA's/LDDL's shards carry no digest
-    try:
-        recorded = json.loads(meta_file.read_text()).get("vocab_digest")
-    except (OSError, ValueError, AttributeError):
-        return
-    if recorded and recorded != vocab_digest(vocab_file):
-        raise DataError(f"--vocab_file {vocab_file} is not the vocab the shards in {input_dir} "
-                        f"were made with (digest {recorded} in {meta_file})")
-
-
 def _make_loader(input_dir: str, args, batch_size: int, info: DistInfo, seed: int):
     from bertforge.data.loader import PretrainingDataLoader, discover_shards
+    from bertforge.data.vocab import check_shards_vocab
 
     files = discover_shards(input_dir)
     if not files:
         raise DataError(f"no training shards (.hdf5/.h5/.parquet) in {input_dir}")
-    _check_vocab_of_shards(input_dir, args.vocab_file)
+    check_shards_vocab(input_dir, args.vocab_file)
     return PretrainingDataLoader(
         files, batch_size=batch_size, vocab_file=args.vocab_file, rank=info.rank,
         world_size=info.world_size, seed=seed, masking=args.masking,
@@ -210,7 +192,7 @@ def evaluate_mlm(model, eval_dir: str, args, info: DistInfo, precision: Precisio
     every evaluation, of this run or of another run on the same held-out shards and number of
     ranks, sees the same sequences and masks. Counts are summed over ranks.
     """
-    from bertforge.model.bert import _masked_rows
+    from bertforge.model.bert import masked_rows
 
     was_training = model.training
     model.eval()
@@ -224,7 +206,7 @@ def evaluate_mlm(model, eval_dir: str, args, info: DistInfo, precision: Precisio
         with precision.autocast():
             scores, nsp = core(batch["input_ids"], batch["token_type_ids"],
                                batch["attention_mask"], masked_lm_labels=labels)
-        target = labels.flatten().index_select(0, _masked_rows(labels)).long()  # [M]
+        target = labels.flatten().index_select(0, masked_rows(labels)).long()  # [M]
         scores = scores.float()
         loss = torch.nn.functional.cross_entropy(scores, target, reduction="sum")
         sums += torch.tensor([

@@ -96,7 +96,7 @@ def _patch_writers(faults: dict) -> None:
     """Faults at the moment a complete temp file is about to be renamed to its final name.
 
     Every output of bertforge (checkpoints, shards, JSON) is written to a temp file and
-    renamed by ``os.replace`` (bertforge.io.atomic_path); the rename is where a kill or a
+    renamed by ``os.replace`` (bertforge.files.atomic_path); the rename is where a kill or a
     full disk does the most harm, so that is where these faults strike.
     """
     kill = faults.get("kill_in_write")

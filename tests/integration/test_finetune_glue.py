@@ -20,11 +20,11 @@ import torch
 
 from bertforge.cli.glue import main as glue_main
 from bertforge.config import ModelConfig
+from bertforge.data.tokenization import load_tokenizer
 from bertforge.model.bert import BertForPreTraining, BertForSequenceClassification
-from bertforge.model.convert import save_bertforge
+from bertforge.model.convert import load_task_model, save_bertforge
 from bertforge.precision import Precision
 from bertforge.tasks import glue
-from bertforge.tasks.text import load_tokenizer
 from bertforge.train import finetune
 from tests.conftest import REPO
 
@@ -36,7 +36,7 @@ def _head(src: Path, dst: Path, n: int) -> None:
 
 def _untrained_acc(minilm, data_dir: Path, max_seq_length: int) -> float:
     torch.manual_seed(0)
-    model, _ = finetune.load_task_model(minilm, BertForSequenceClassification, head=("classifier.*",),
+    model, _ = load_task_model(minilm, BertForSequenceClassification, head=("classifier.*",),
                                         training=True, num_labels=2)
     task = glue.get_task("sst-2")
     ex = glue.read_examples(task, data_dir / "dev.tsv")

@@ -24,12 +24,11 @@ import torch
 
 from bertforge.cli.squad import main as squad_main
 from bertforge.config import ModelConfig
+from bertforge.data.tokenization import load_tokenizer
 from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering
-from bertforge.model.convert import export_hf, load_pretrained, save_bertforge
+from bertforge.model.convert import export_hf, load_pretrained, load_task_model, save_bertforge
 from bertforge.tasks import squad
 from bertforge.tasks.squad_metrics import evaluate_v1
-from bertforge.tasks.text import load_tokenizer
-from bertforge.train import finetune
 from tests.conftest import REPO
 
 SEQ = "192"
@@ -57,7 +56,7 @@ def _untrained_f1(minilm, dev: Path) -> float:
 def _f1(checkpoint, minilm, dev: Path, training: bool = False) -> float:
     """F1 of ``checkpoint`` on ``dev`` (``training``: an untrained head, seeded)."""
     torch.manual_seed(0)
-    model, _ = finetune.load_task_model(checkpoint, BertForQuestionAnswering, head=("qa_outputs.*",),
+    model, _ = load_task_model(checkpoint, BertForQuestionAnswering, head=("qa_outputs.*",),
                                         training=training, drop=("bert.pooler.*",))
     ex = squad.read_squad_examples(dev)
     feats = squad.features_from(ex, load_tokenizer(minilm / "vocab.txt"), max_seq_length=int(SEQ))

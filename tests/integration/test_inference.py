@@ -11,10 +11,10 @@ import torch
 
 from bertforge.cli.inference import main as inference_main
 from bertforge.config import ModelConfig
+from bertforge.data.tokenization import load_tokenizer
 from bertforge.model.bert import BertForQuestionAnswering
 from bertforge.model.convert import export_hf, save_bertforge
 from bertforge.tasks import squad
-from bertforge.tasks.text import load_tokenizer
 from tests.conftest import REPO
 
 CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, "

@@ -39,7 +39,7 @@ def test_steps_this_run_is_nvidias_absolute_cap(world, tmp_path) -> None:
     run_cli(args + ["--steps_this_run=3"])
     assert _steps(out) == [3]
     # NVIDIA's closing lines: {"final_loss"} at (epoch, step), then the () summary; elapsedtime
-    from bertforge.logging import read_dllogger
+    from bertforge.runlog import read_dllogger
 
     recs = [r for r in read_dllogger(out / "dllogger.json") if r["type"] == "LOG"]
     assert all("elapsedtime" in r for r in recs)

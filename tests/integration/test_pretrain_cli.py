@@ -29,7 +29,7 @@ from pretrain_fixtures import (  # noqa: E402
 )
 
 from bertforge.checkpoint import find_latest, load_checkpoint  # noqa: E402
-from bertforge.logging import read_dllogger  # noqa: E402
+from bertforge.runlog import read_dllogger  # noqa: E402
 from tests.faults.helpers import numerics_changes  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_fixtures import PYTHON, REPO  # noqa: E402
 
-from bertforge.logging import read_dllogger  # noqa: E402
+from bertforge.runlog import read_dllogger  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]
 

@@ -23,6 +23,7 @@ import torch
 
 from bertforge.cli.inference import main as inference_main
 from bertforge.config import ModelConfig
+from bertforge.data.tokenization import load_tokenizer
 from bertforge.errors import UserError
 from bertforge.model.bert import BertForQuestionAnswering
 from bertforge.model.convert import save_bertforge
@@ -31,7 +32,6 @@ from bertforge.serving.client import ClientError, ServerError, TritonQAClient, r
 from bertforge.serving.launcher import TritonServerProcess, processes_under, triton_python
 from bertforge.serving.repository import BatchingOptions, generate_repository
 from bertforge.tasks.squad import examples_from_pairs, read_squad_examples
-from bertforge.tasks.text import load_tokenizer
 from tests.conftest import real_data_path
 
 pytestmark = pytest.mark.triton

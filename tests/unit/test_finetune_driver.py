@@ -14,7 +14,7 @@ from bertforge.model.bert import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
 )
-from bertforge.model.convert import save_bertforge
+from bertforge.model.convert import load_task_model, save_bertforge
 from bertforge.train import finetune
 from tests.conftest import REPO
 
@@ -98,18 +98,18 @@ def test_dynamic_padding_does_not_change_predictions():
 def test_load_task_model_is_strict(tmp_path):
     cfg = ModelConfig.from_json_file(REPO / "bert_configs/tiny.json")
     save_bertforge(BertForPreTraining(cfg), tmp_path / "pre.pt")
-    model, report = finetune.load_task_model(tmp_path / "pre.pt", BertForQuestionAnswering, head=("qa_outputs.*",),
+    model, report = load_task_model(tmp_path / "pre.pt", BertForQuestionAnswering, head=("qa_outputs.*",),
                                              training=True, drop=("bert.pooler.*",))
     assert "qa_outputs.weight" in report.missing_allowed and "cls.predictions.bias" in report.unexpected_allowed
     with pytest.raises(CheckpointError, match="no fine-tuned BertForQuestionAnswering head"):
-        finetune.load_task_model(tmp_path / "pre.pt", BertForQuestionAnswering, head=("qa_outputs.*",),
+        load_task_model(tmp_path / "pre.pt", BertForQuestionAnswering, head=("qa_outputs.*",),
                                  training=False, drop=("bert.pooler.*",))
     # an encoder without its embeddings is not silently accepted
     sd = {k: v for k, v in BertForPreTraining(cfg).state_dict().items() if "word_embeddings" not in k}
     torch.save({"model": sd, "config": cfg.to_dict()}, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError, match="missing keys: bert.embeddings.word_embeddings.weight"):
-        finetune.load_task_model(tmp_path / "broken.pt", BertForSequenceClassification, head=("classifier.*",),
+        load_task_model(tmp_path / "broken.pt", BertForSequenceClassification, head=("classifier.*",),
                                  training=True, num_labels=2)
     with pytest.raises(ConfigError, match="no such file"):
-        finetune.load_task_model(tmp_path / "nope.pt", BertForQuestionAnswering, head=("qa_outputs.*",),
+        load_task_model(tmp_path / "nope.pt", BertForQuestionAnswering, head=("qa_outputs.*",),
                                  training=True)

@@ -120,9 +120,16 @@ def test_model_trains_the_same_on_onednn_and_aten(calls):
         results.append((loss.item(), {k: p.grad.to_dense().clone() for k, p in model.named_parameters()}, ran))
     (la, ga, ran_a), (lb, gb, ran_b) = results
     assert ran_b == 0 and ran_a >= 2 * 3 * 2  # layers x (qkv, out proj, 2 feed-forward) forward + dL/dx
-    assert la == pytest.approx(lb, abs=1e-5)
+    assert la == pytest.approx(lb, rel=1e-6)
+    # Float reassociation alone leaves every gradient within ~1e-7 (relative L2); a product
+    # off by 1e-4 (dL/dx x 1.0001) moves the gradients below it by ~1e-4.
     for k in ga:
-        assert torch.allclose(ga[k], gb[k], atol=1e-5, rtol=1e-4), k
+        if ".attention.self.key.bias" in k:
+            # softmax is invariant to a per-query shift: this gradient is 0 up to float noise
+            assert ga[k].abs().max() < 1e-6 and gb[k].abs().max() < 1e-6, k
+            continue
+        rel = float((ga[k] - gb[k]).norm() / gb[k].norm())
+        assert rel <= 2e-6, (k, rel)
 
 
 @needs_onednn

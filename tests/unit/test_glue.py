@@ -10,9 +10,9 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
+from bertforge.data.tokenization import load_tokenizer
 from bertforge.errors import ConfigError, DataError
 from bertforge.tasks import glue
-from bertforge.tasks.text import load_tokenizer
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -28,3 +28,11 @@ def test_repo_root_shadows_no_third_party_package():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
     for name in ("triton", "torch", "transformers", "tokenizers", "onnx", "dllogger", "apex"):
         assert not (REPO / name).exists(), f"top-level {name}/ shadows the package of that name"
+
+
+def test_no_module_shadows_the_standard_library():
+    """A ``bertforge/io.py`` or ``logging.py`` reads as the standard library's module at every
+    ``import io`` written inside its package by a tool or a newcomer; names stay distinct."""
+    clash = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "bertforge").rglob("*.py")
+                   if p.stem in sys.stdlib_module_names)
+    assert not clash, f"rename these modules: {clash}"

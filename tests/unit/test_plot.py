@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bertforge import plot
-from bertforge.logging import Logger
+from bertforge.runlog import Logger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

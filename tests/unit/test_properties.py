@@ -155,7 +155,7 @@ SEPARATORS = [" ", " ", " ", "  ", "\n", "\t", " \u00a0 "]
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from bertforge.tasks.text import load_tokenizer
+    from bertforge.data.tokenization import load_tokenizer
     from tests.unit.data_fixtures import make_text_dir, make_vocab
 
     root = tmp_path_factory.mktemp("squad_props")

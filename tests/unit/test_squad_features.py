@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
+from bertforge.data.tokenization import load_tokenizer
 from bertforge.errors import ConfigError, DataError
 from bertforge.tasks import squad
 from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2
-from bertforge.tasks.text import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from bertforge.logging import Logger, read_dllogger
+from bertforge.runlog import Logger, read_dllogger
 
 
 def test_records_are_nvidia_dllogger_lines(tmp_path, capsys):
