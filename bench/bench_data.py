@@ -281,6 +281,7 @@ def main(argv=None):
 
     info = provenance("bench/bench_data.py", list(sys.argv[1:] if argv is None else argv))
 
+    from bertforge.cli.environment import one_tokenizer_thread_per_process
     from bertforge.cli.prepare_wiki_sample import fetch_wiki_sample
     from bertforge.data.create import create_pretraining_shards
     from bertforge.data.hdf5 import read_hdf5_shard
@@ -323,6 +324,8 @@ def main(argv=None):
         return wall, out
 
     for w in (1, 2):
+        if w > 1:  # as create_pretraining_data.py does for --num_workers > 1
+            one_tokenizer_thread_per_process()
         t, r = best(lambda w=w: create_pretraining_shards(
             tmp / "text" / "train", tmp / f"ours{w}", vocab_file=vocab, cfg=cfg,
             num_shards=args.num_text_shards, num_workers=w, progress=False, overwrite=True), f"ours_w{w}")

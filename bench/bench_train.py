@@ -419,7 +419,7 @@ def real_squad_lengths(args, L: int) -> list[int]:
 
 def markdown(results: dict) -> str:
     lines = ["## Training step and QA inference", "",
-             "`bench/bench_train.py` (issue 6): bertforge vs Hugging Face `transformers` on identical",
+             "`bench/bench_train.py`: bertforge vs Hugging Face `transformers` on identical",
              "batches, fp32, CPU, ours and the baseline alternating after warm-up, in one run:", "",
              "```", results["command"], "```", "",
              f"Machine: {results['machine']}; torch {results['torch']}, transformers {results['transformers']},",

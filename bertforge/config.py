@@ -1,8 +1,19 @@
-"""Configuration dataclasses.
+"""Configuration dataclasses: the model's architecture and the settings of a run.
 
 :class:`ModelConfig` reads and writes Google/NVIDIA ``bert_config.json`` files and the
-``config.json`` of Hugging Face BERT checkpoints. Fields are documented where declared;
-validation happens in ``__post_init__`` so a bad file fails at load time with one line.
+``config.json`` of Hugging Face BERT checkpoints.
+
+:class:`PretrainConfig` (``run_pretraining.py``) and :class:`FinetuneConfig` (``run_squad.py``,
+``run_glue.py``) hold every setting of a run, in frozen dataclasses grouped by concern. The
+command lines build them once, from NVIDIA's flags and the environment
+(:mod:`bertforge.cli.environment`); nothing below the CLI sees the flags themselves. Values
+derived from several fields are methods (:meth:`TrainingConfig.micro_batch_size`), never
+fields written back mid-run.
+
+Fields are documented where declared, with the flag that sets them. Each flag's own range is
+checked when the command line is parsed (``LIMITS`` in :mod:`bertforge.cli.pretrain`); the
+``__post_init__`` of a run config checks the rules that join several fields, in one line
+naming the flags.
 """
 
 from __future__ import annotations
@@ -17,7 +28,12 @@ from typing import Any
 
 from bertforge.errors import ConfigError
 
-__all__ = ["ModelConfig", "BertConfig", "pad_vocab_size"]
+__all__ = [
+    "ModelConfig", "BertConfig", "pad_vocab_size", "CPU_GEMM_BACKENDS",
+    "DataConfig", "EvalConfig", "ModelSetupConfig", "OptimizerConfig", "TrainingConfig",
+    "PrecisionConfig", "CheckpointConfig", "PhaseConfig", "LoggingConfig", "LaunchConfig",
+    "PretrainConfig", "FinetuneConfig",
+]
 
 
 def pad_vocab_size(vocab_size: int, multiple: int = 8) -> int:
@@ -188,3 +204,306 @@ class ModelConfig:
 
 # NVIDIA's and Google's name for it.
 BertConfig = ModelConfig
+
+
+# == run configuration ==========================================================================
+
+CPU_GEMM_BACKENDS = ("onednn", "aten")
+"""fp32 CPU matrix products: oneDNN's GEMM or PyTorch's own (MKL); see bertforge.model.gemm."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The training shards and how batches are made from them."""
+
+    input_dir: str
+    """--input_dir: directory of training shards (NVIDIA HDF5 or LDDL Parquet)."""
+    vocab_file: str | None = None
+    """--vocab_file: WordPiece vocab; needed for Parquet shards and dynamic masking."""
+    max_seq_length: int = 512
+    """--max_seq_length: the longest sequence the data may hold (a longer batch is an error)."""
+    max_predictions_per_seq: int = 80
+    """--max_predictions_per_seq: the most masked positions per sequence."""
+    masking: str = "static"
+    """--masking: 'static' (masks stored in the shards) or 'dynamic' (new masks at load time)."""
+    num_workers: int = 4
+    """--num_workers: data loader worker processes."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out MLM evaluation: at the start, every ``eval_freq`` steps and at the end."""
+
+    eval_dir: str | None = None
+    """--eval_dir: held-out shards (None: no evaluation)."""
+    eval_freq: int = 0
+    """--eval_freq: evaluate every N steps (0: only at the start and the end)."""
+    num_eval_batches: int = 50
+    """--num_eval_batches: held-out batches per evaluation, per rank."""
+    eval_batch_size: int | None = None
+    """--eval_batch_size: held-out batch size (None: the training micro-batch size)."""
+
+
+@dataclass(frozen=True)
+class ModelSetupConfig:
+    """Which model is trained and how its forward pass runs."""
+
+    config_file: str
+    """--config_file: the model's bert_config.json."""
+    init_checkpoint: str | None = None
+    """--init_checkpoint: initial weights (a bertforge/NVIDIA file or an HF directory)."""
+    checkpoint_activations: bool = False
+    """--checkpoint_activations: recompute each layer's activations in backward."""
+    dense_sequence_output: bool = True
+    """MLM logits only at the masked positions (False: --no_dense_sequence_output)."""
+    fused: bool = True
+    """bertforge's fused training blocks and fused MLM loss (False: --disable_jit_fusions)."""
+    cuda_graphs: bool = False
+    """--cuda_graphs: on CUDA, compile the model with CUDA graphs (torch.compile
+    mode reduce-overhead); elsewhere one line says it has no effect."""
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer and its learning-rate schedule (linear warmup, then poly decay)."""
+
+    name: str = "lamb"
+    """--optimizer: lamb (NVIDIA's), adamw or bertadam."""
+    learning_rate: float = 5e-5
+    """--learning_rate: the peak learning rate."""
+    warmup_proportion: float = 0.01
+    """--warmup_proportion: fraction of the phase's steps of linear warmup."""
+    weight_decay: float = 0.01
+    """--weight_decay: decoupled weight decay of matrices (biases and LayerNorm: none)."""
+    max_grad_norm: float = 1.0
+    """--max_grad_norm: global gradient-norm clipping threshold (0 disables)."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Steps and batches. ``train_batch_size`` is per rank and before accumulation (NVIDIA's
+    meaning): each rank runs ``gradient_accumulation_steps`` micro-batches per optimizer step."""
+
+    train_batch_size: int = 32
+    """--train_batch_size: sequences per rank per optimizer step."""
+    gradient_accumulation_steps: int = 1
+    """--gradient_accumulation_steps: micro-batches per optimizer step; divides train_batch_size."""
+    max_steps: int | float = 1000
+    """--max_steps: optimizer steps of this phase (skipped fp16 steps not counted); NVIDIA's
+    flag is a float, and a fraction rounds up (the loop runs while step < max_steps)."""
+    steps_this_run: int = -1
+    """--steps_this_run: NVIDIA's absolute cap: stop (with a checkpoint) once this phase's step
+    reaches it (-1: max_steps)."""
+    seed: int = 42
+    """--seed: weights, dropout and the data order derive from it."""
+    do_train: bool = True
+    """--do_train: train (False: only evaluate the initial weights on --eval_dir)."""
+
+    def __post_init__(self) -> None:
+        if self.train_batch_size % self.gradient_accumulation_steps:
+            raise ConfigError(f"--train_batch_size {self.train_batch_size} is not divisible by "
+                              f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
+
+    def micro_batch_size(self) -> int:
+        """Sequences per forward/backward on one rank."""
+        return self.train_batch_size // self.gradient_accumulation_steps
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Sequences per optimizer step over all ranks."""
+        return self.train_batch_size * world_size
+
+    def end_step(self) -> int | float:
+        """The step of this phase at which this run stops (both generations of NVIDIA's code
+        compare --steps_this_run with the phase's step after each step)."""
+        if self.steps_this_run < 0:
+            return self.max_steps
+        return min(self.max_steps, self.steps_this_run)
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Numeric precision of the model's computation."""
+
+    fp16: bool = False
+    """--fp16/--amp: fp16 autocast with dynamic loss scaling (CUDA only)."""
+    bf16: bool = False
+    """--bf16: bf16 autocast (CUDA or CPU)."""
+    init_loss_scale: float = 2.0**20
+    """--init_loss_scale: the initial fp16 loss scale."""
+    loss_scale: float = 0.0
+    """--loss_scale: fp16 with 0 = dynamic scaling (from init_loss_scale), > 0 = this static
+    scale (overflowing steps are still skipped)."""
+    tf32: bool = False
+    """--tf32: TF32 tensor-core math for fp32 matmuls and convolutions (CUDA, Ampere or newer)."""
+    cpu_gemm: str = "onednn"
+    """fp32 CPU matrix products: 'onednn' or 'aten' (environment: BERTFORGE_CPU_GEMM)."""
+
+    def __post_init__(self) -> None:
+        if self.cpu_gemm not in CPU_GEMM_BACKENDS:
+            raise ConfigError(f"cpu_gemm {self.cpu_gemm!r}: expected one of {', '.join(CPU_GEMM_BACKENDS)}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where checkpoints go, how often, how many are kept, and which one a run resumes from."""
+
+    output_dir: str
+    """--output_dir: checkpoints ckpt_<global step>.pt (and by default the dllogger file)."""
+    num_steps_per_checkpoint: int = 100
+    """--num_steps_per_checkpoint: save every N steps (and at the end)."""
+    keep_checkpoints: int = 3
+    """--keep_checkpoints: keep only the last K checkpoints."""
+    skip_checkpoint: bool = False
+    """--skip_checkpoint: save none."""
+    resume_from_checkpoint: bool = False
+    """--resume_from_checkpoint: continue from the latest checkpoint in output_dir."""
+    resume_step: int = -1
+    """--resume_step: with resume_from_checkpoint, load ckpt_<resume_step>.pt (-1: the latest)."""
+
+    def __post_init__(self) -> None:
+        if self.resume_step != -1 and not self.resume_from_checkpoint:
+            raise ConfigError("--resume_step needs --resume_from_checkpoint")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """NVIDIA's two pretraining phases (phase 2 starts from phase 1's last checkpoint)."""
+
+    phase2: bool = False
+    """--phase2: this run is phase 2."""
+    resume_phase2: bool = False
+    """--resume_phase2: with phase2, continue a phase-2 checkpoint instead of refusing it."""
+    phase1_end_step: int | None = None
+    """--phase1_end_step: phase 1's last step, the offset of phase-2 step numbers (None: from
+    the phase-1 checkpoint)."""
+
+    def __post_init__(self) -> None:
+        if self.resume_phase2 and not self.phase2:
+            raise ConfigError("--resume_phase2 needs --phase2")
+
+    @property
+    def phase(self) -> int:
+        return 2 if self.phase2 else 1
+
+    def data_seed(self, seed: int) -> int:
+        """The data order's seed: phase 2 reads its shards in an order of its own."""
+        return seed + (1000 if self.phase2 else 0)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """What is logged where, and how often."""
+
+    log_freq: int | float = 1
+    """--log_freq: log when step % log_freq == 0 (NVIDIA's flag is a float)."""
+    json_summary: str | None = None
+    """--json-summary: dllogger JSON-lines file (None: <output_dir>/dllogger.json)."""
+    tensorboard_dir: str | None = None
+    """--tensorboard_dir: also write TensorBoard scalars there."""
+    progress_bar: bool = True
+    """A tqdm progress bar on rank 0 (False: --disable_progress_bar)."""
+    profile: bool = False
+    """--profile: record a torch.profiler trace of a few optimizer steps
+    (<output_dir>/profile_rank<R>.json)."""
+    profile_start: int = 0
+    """--profile-start: with profile, the step after which recording starts."""
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Where the processes run and how they talk."""
+
+    local_rank: int = -1
+    """--local_rank of the legacy torch.distributed.launch (LOCAL_RANK takes precedence)."""
+    device: str | None = None
+    """--device: 'cpu' or 'cuda' (None: CUDA when available)."""
+    dist_timeout: float = 1800.0
+    """--dist_timeout (or BERTFORGE_DIST_TIMEOUT): seconds a collective waits for a dead rank."""
+    allreduce_post_accumulation: bool = True
+    """--allreduce_post_accumulation: all-reduce once per step, after accumulation."""
+    allreduce_post_accumulation_fp16: bool = False
+    """--allreduce_post_accumulation_fp16: all-reduce gradients in fp16."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Every setting of a pretraining run (``run_pretraining.py``)."""
+
+    data: DataConfig
+    model: ModelSetupConfig
+    checkpoint: CheckpointConfig
+    training: TrainingConfig = TrainingConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    precision: PrecisionConfig = PrecisionConfig()
+    phase: PhaseConfig = PhaseConfig()
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+    launch: LaunchConfig = LaunchConfig()
+
+    def __post_init__(self) -> None:
+        if not self.training.do_train and self.eval.eval_dir is None:
+            raise ConfigError("nothing to do: pass --do_train to train (or --eval_dir to only evaluate)")
+
+    def json_summary(self) -> str:
+        """The dllogger file: --json-summary, else <output_dir>/dllogger.json."""
+        return self.logging.json_summary or os.path.join(self.checkpoint.output_dir, "dllogger.json")
+
+    def eval_batch_size(self) -> int:
+        return self.eval.eval_batch_size or self.training.micro_batch_size()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, nested by concern (what a checkpoint records of its run)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of a fine-tuning run (NVIDIA's flag names and defaults)."""
+
+    learning_rate: float = 5e-5
+    """--learning_rate: the peak learning rate (BertAdam, linear warmup then linear decay)."""
+    num_train_epochs: float = 3.0
+    """--num_train_epochs: fractional epochs stop part-way through the last one."""
+    max_steps: int = -1
+    """--max_steps: when > 0, the number of optimizer steps (overrides num_train_epochs)."""
+    warmup_proportion: float = 0.1
+    """--warmup_proportion: fraction of the steps of linear warmup."""
+    train_batch_size: int = 32
+    """--train_batch_size: sequences per optimizer step and process; split into
+    gradient_accumulation_steps micro-batches."""
+    gradient_accumulation_steps: int = 1
+    """--gradient_accumulation_steps."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay of matrices."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clipping threshold."""
+    seed: int = 42
+    """--seed: the data order (and the new head's initial weights) derive from it."""
+    log_freq: int = 50
+    """--log_freq: log every N steps."""
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.train_batch_size < self.gradient_accumulation_steps:
+            raise ConfigError(f"--train_batch_size {self.train_batch_size} is smaller than "
+                              f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if not 0.0 <= self.warmup_proportion < 1.0:
+            raise ConfigError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ConfigError("--num_train_epochs must be positive (or give --max_steps)")
+        if self.log_freq < 1:
+            raise ConfigError(f"--log_freq must be >= 1, got {self.log_freq}")
+
+    def micro_batch_size(self) -> int:
+        return self.train_batch_size // self.gradient_accumulation_steps
+
+    def total_steps(self, num_examples: int, world_size: int = 1) -> int:
+        """Optimizer steps of the run: ``max_steps``, else epochs x steps per epoch."""
+        if self.max_steps > 0:
+            return int(self.max_steps)
+        per_rank = math.ceil(num_examples / world_size)
+        per_epoch = math.ceil(per_rank / self.train_batch_size)
+        return max(1, math.ceil(per_epoch * self.num_train_epochs))

@@ -3,9 +3,9 @@
 The rank layout comes from ``torchrun`` (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) or, under
 ``srun``, from ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NTASKS`` (with ``MASTER_ADDR`` and
 ``MASTER_PORT`` set by the job script). Without either, the run is a single process and
-no process group is created. Collectives time out after ``timeout_s`` (default 1800 s,
-``BERTFORGE_DIST_TIMEOUT`` overrides) so a dead rank makes the others fail instead of
-hanging forever.
+no process group is created. Collectives time out after ``timeout_s`` (default 1800 s; the
+command lines pass ``--dist_timeout`` or ``BERTFORGE_DIST_TIMEOUT``) so a dead rank makes the
+others fail instead of hanging forever.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch.distributed as dist
 from bertforge.errors import ConfigError, UserError
 
 __all__ = ["DistInfo", "init_distributed", "get_dist_info", "is_main", "print0", "barrier",
-           "cleanup", "all_reduce_mean", "env_rank_layout", "rank0_output_lock", "RendezvousError"]
+           "cleanup", "all_reduce_mean", "env_rank_layout", "rank0_output_lock", "RendezvousError",
+           "gather_objects", "any_rank", "control_group", "is_comm_failure", "wrap_ddp"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -115,7 +116,7 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         if timeout_s is None:
-            timeout_s = float(os.environ.get("BERTFORGE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+            timeout_s = DEFAULT_TIMEOUT_S
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise ConfigError(f"{world} processes but {var} is not set (torchrun sets it; "
@@ -212,3 +213,57 @@ def rank0_output_lock(folder, flag: str, info: DistInfo) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.release()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, world_size: int, *,
+             gradient_as_bucket_view: bool = False, fp16_allreduce: bool = False) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` when more than one process runs, else ``model``.
+
+    ``fp16_allreduce`` all-reduces the gradients in fp16 (half the traffic, fp16 rounding).
+    """
+    if world_size <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+              gradient_as_bucket_view=gradient_as_bucket_view)
+    if fp16_allreduce:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    return ddp
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; a collective: all ranks call it."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def control_group(info: DistInfo):
+    """A CPU (gloo) group for small control messages such as a stop flag, so agreeing on them
+    never waits for the GPU; None in a single process."""
+    if not info.distributed:
+        return None
+    return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+
+
+def any_rank(flag: bool, group) -> bool:
+    """True if ``flag`` is set on any rank (a tiny all-reduce on ``group``, see control_group)."""
+    if group is None:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
+
+
+def is_comm_failure(e: BaseException) -> bool:
+    """True for the errors gloo/NCCL raise when a peer dies (connection reset) or hangs (timeout)."""
+    if isinstance(e, dist.DistError):
+        return True
+    msg = str(e)
+    return any(s in msg for s in ("gloo", "NCCL", "Connection reset by peer",
+                                  "Connection closed by peer", "Timed out"))

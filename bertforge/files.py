@@ -1,7 +1,9 @@
 """Atomic file output: write to a temporary name beside the target, rename when complete.
 
 A crash (or kill -9) mid-write leaves at most a ``.tmp-*`` file, never a half file under
-the final name. ``os.replace`` is atomic on POSIX within one filesystem.
+the final name. ``os.replace`` is atomic on POSIX within one filesystem. Torch files are
+written with :func:`torch_save` (a full disk reported as one) and, when the safe loader
+refuses one, explained by :func:`unpickling_refusal`.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bertforge.errors import DataError, UserError
+from bertforge.errors import CheckpointError, DataError, UserError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "ensure_dir", "fsync_dir",
-           "torch_save", "read_input_bytes", "read_input_text"]
+           "torch_save", "read_input_bytes", "read_input_text", "unpickling_refusal",
+           "pickled_globals", "BENIGN_GLOBALS"]
 
 
 def _default_file_mode() -> int:
@@ -182,3 +186,92 @@ def torch_save(obj, path: str | os.PathLike) -> None:
             if rec.error is not None:
                 raise rec.error from None
             raise
+
+
+#: Python objects that old NVIDIA/NGC checkpoints pickle besides tensors (the training
+#: arguments, numpy scalars): refused by the safe loader, yet harmless, so for these alone
+#: the refusal points to ``convert --trust_checkpoint``.
+BENIGN_GLOBALS = frozenset({
+    "argparse.Namespace", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.dtype", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray", "_codecs.encode", "builtins.set", "builtins.slice",
+})
+
+
+def pickled_globals(path: str | os.PathLike, limit: int = 64 * 2**20) -> list[str]:
+    """``module.name`` of every Python global a pickle (torch zip or legacy file) refers to,
+    except torch's own and ``collections.OrderedDict``, in order; read without running it."""
+    import io
+    import pickletools
+    import zipfile
+
+    p = Path(path)
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name)[:limit] if name else b""
+        else:
+            with open(p, "rb") as fh:
+                data = fh.read(limit)
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return []
+    found: list[str] = []
+    buf = io.BytesIO(data)
+    for _ in range(4):  # a legacy file is several pickles in a row (magic, protocol, ...)
+        strings: list[str] = []
+        memo: dict = {}
+        try:
+            for op, arg, _pos in pickletools.genops(buf):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(arg)
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                    memo[arg] = strings[-1]
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                    strings.append(memo[arg])
+                elif op.name == "GLOBAL":
+                    found.append(".".join(str(arg).split(" ", 1)))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # not (or no longer) a pickle: stop scanning
+            break
+        if buf.tell() >= len(data):
+            break
+    py2 = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # protocol-2 pickles' names
+    found = [py2.get(g.split(".", 1)[0], g.split(".", 1)[0]) + g[len(g.split(".", 1)[0]):]
+             for g in found]
+    return [g for g in found if not g.startswith("torch.") and g != "collections.OrderedDict"]
+
+
+def unpickling_refusal(path: str | os.PathLike, e: BaseException, hint: str = "") -> CheckpointError:
+    """The error for a file torch's ``weights_only`` unpickler refused, naming the cause.
+
+    A pickle that names a Python global (``GLOBAL io.open``, ``GLOBAL posix.system``) would
+    import and call it on load: that is how a malicious checkpoint runs code. The global is
+    found by reading the pickle's opcodes (never by running it) and named. ``hint`` (the
+    way to load a trusted file) is only given for the harmless objects old NGC checkpoints
+    hold (:data:`BENIGN_GLOBALS`), never for anything else. Other refusals (an unknown
+    opcode) mean the file is not a torch checkpoint or is damaged.
+    """
+    text = str(e)
+    names = pickled_globals(path)
+    if not names:
+        names = re.findall(r"GLOBAL ([\w.]+)", text)
+    if names:
+        bad = next((g for g in names if g not in BENIGN_GLOBALS), None)
+        if bad is None:
+            return CheckpointError(
+                f"checkpoint {path} holds a pickled Python object (GLOBAL {names[0]}) that would "
+                f"be imported and called on load, so it could run code; refused{hint}")
+        return CheckpointError(
+            f"checkpoint {path} holds a pickled Python object (GLOBAL {bad}) that would be "
+            "imported and called on load, so it could run code; refused: torch.save never "
+            "writes such a call, do not load this file (not with --trust_checkpoint either)")
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|Check the documentation|$)", text, re.S)
+    detail = " ".join((m.group(1) if m else (text.splitlines() or [type(e).__name__])[0]).split())
+    detail = detail.split(". ")[0][:160]
+    return CheckpointError(
+        f"checkpoint {path} was refused by the safe loader: it is not a torch checkpoint or is "
+        f"damaged (unpickling stopped: {detail})")

@@ -102,6 +102,7 @@ LIMITS = {
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    from bertforge.cli.environment import one_tokenizer_thread_per_process
     from bertforge.data.create import balance_parts, create_pretraining_shards, resolve_rank
     from bertforge.data.instances import InstanceConfig
     from bertforge.errors import UserError
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--masking none needs --output_format parquet")
     if args.bin_size is not None and args.output_format != "parquet":
         raise UserError("--bin_size needs --output_format parquet")
+    if args.num_workers > 1:
+        one_tokenizer_thread_per_process()
     if args.balance:
         if args.num_shards < 1:
             raise UserError("--balance needs --num_shards >= 1")

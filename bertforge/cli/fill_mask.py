@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.environment import read_environment, use_cpu_gemm
 from bertforge.errors import CheckpointError, ConfigError, DataError, cli_entry
 from bertforge.files import read_input_bytes, read_input_text
 
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from bertforge.files import atomic_write_json
 
     args = build_parser().parse_args(argv)
+    use_cpu_gemm(read_environment())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")

@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.environment import read_environment
+from bertforge.cli.finetune_flags import finetune_config, finetune_runtime
 from bertforge.cli.nvidia import add_dry_run, argv_of, note
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
-from bertforge.distributed import rank0_output_lock
+from bertforge.distributed import rank0_output_lock, wrap_ddp
 from bertforge.errors import ConfigError, DataError, cli_entry
 from bertforge.files import atomic_write_json, atomic_write_text, ensure_dir
 from bertforge.model.bert import BertForSequenceClassification
@@ -170,9 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"dry run: {task.name} from {args.init_checkpoint} into {args.output_dir}: "
               "flags and inputs OK", flush=True)
         return {}
-    rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
-                                local_rank=args.local_rank if args.local_rank >= 0 else None,
-                                tf32=args.tf32, loss_scale=args.loss_scale)
+    precision, launch = finetune_runtime(args, read_environment())
+    rt = finetune.setup_runtime(seed=args.seed, precision=precision, launch=launch)
     with rank0_output_lock(args.output_dir, "--output_dir", rt):
         return _run(args, task, rt)
 
@@ -188,8 +189,8 @@ def _run(args, task, rt) -> dict:
     vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)
     tokenizer = load_tokenizer(vocab_file, lower_case(args.do_lower_case, args.bert_model))
     model, report = load_task_model(args.init_checkpoint, BertForSequenceClassification,
-                                             head=("classifier.*",), training=args.do_train,
-                                             config_file=args.config_file, num_labels=task.num_labels)
+                                    head=("classifier.*",), training=args.do_train,
+                                    config_file=args.config_file, num_labels=task.num_labels)
     finetune.check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,
                               vocab_file=vocab_file, pairs=task.text_b is not None)
     logger.log("PARAMETER", {"task": task.name, "bert_model": args.bert_model or "",
@@ -198,13 +199,9 @@ def _run(args, task, rt) -> dict:
     model.to(rt.device)
     results: dict = {}
     if args.do_train:
-        cfg = finetune.FinetuneConfig(
-            learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
-            max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
-            train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-            seed=args.seed, log_freq=args.log_freq)
+        cfg = finetune_config(args)
         arrays = glue.glue_features(train_examples, task, tokenizer, args.max_seq_length)
-        s = finetune.train(finetune.wrap_ddp(model, rt), arrays, _loss(task), cfg, precision=rt.precision,
+        s = finetune.train(wrap_ddp(model, rt.device, rt.world_size), arrays, _loss(task), cfg, precision=rt.precision,
                            rank=rt.rank, world_size=rt.world_size, logger=logger)
         results.update({"global_step": s.global_step, "train:loss": s.average_loss,
                         "train:latency": s.train_time_s, "train:num_samples_per_gpu": len(train_examples),

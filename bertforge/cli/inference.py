@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.environment import read_environment, use_cpu_gemm
 from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.errors import ConfigError, DataError, cli_entry
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         n = len(read_batch(args.json_file)) if args.json_file else 1
         print(f"dry run: {n} question(s) for {args.init_checkpoint}: flags and inputs OK", flush=True)
         return []
+    use_cpu_gemm(read_environment())
     torch.manual_seed(args.seed)
     items = read_batch(args.json_file) if args.json_file else \
         [{"id": "0", "question": args.question, "context": args.context}]

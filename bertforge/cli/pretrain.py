@@ -6,8 +6,10 @@ run_pretraining.py ...`` or under ``srun`` (SLURM_* variables). See docs/pretrai
 ``--train_batch_size`` is per rank and *before* accumulation, as NVIDIA defines it: each
 rank runs ``--gradient_accumulation_steps`` micro-batches of
 ``train_batch_size / gradient_accumulation_steps`` sequences per optimizer step; the global
-batch is ``train_batch_size * world_size``. These derived values are computed
-(:func:`bertforge.train.pretrain.micro_batch_size`), never written back into the arguments.
+batch is ``train_batch_size * world_size``. These derived values are methods of the run's
+configuration (:meth:`bertforge.config.TrainingConfig.micro_batch_size`), which
+:func:`config_from_args` builds once from the flags and the environment; nothing below this
+module sees the flags.
 """
 
 from __future__ import annotations
@@ -15,11 +17,26 @@ from __future__ import annotations
 import argparse
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.environment import Environment, read_environment
 from bertforge.cli.nvidia import add_dry_run, argv_of, given, note, number
+from bertforge.config import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    LaunchConfig,
+    LoggingConfig,
+    ModelSetupConfig,
+    OptimizerConfig,
+    PhaseConfig,
+    PrecisionConfig,
+    PretrainConfig,
+    TrainingConfig,
+)
+from bertforge.distributed import DEFAULT_TIMEOUT_S
 from bertforge.errors import cli_entry
 from bertforge.optim import OPTIMIZERS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "config_from_args", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
     g.add_argument("--local_rank", "--local-rank", type=int, default=-1,
                    help="set by the legacy torch.distributed.launch; LOCAL_RANK takes precedence")
-    g.add_argument("--dist_timeout", type=float, default=1800.0,
-                   help="seconds a collective may wait for a dead rank before failing")
+    g.add_argument("--dist_timeout", type=float, default=None,
+                   help="seconds a collective may wait for a dead rank before failing "
+                        "(default: $BERTFORGE_DIST_TIMEOUT, else 1800)")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="force the device (default: CUDA when available)")
     g.add_argument("--use_env", action="store_true",
@@ -189,6 +207,51 @@ def _notes(args, argv: list[str]) -> None:
         note("--profile-start", "it only delays --profile")
 
 
+def config_from_args(args: argparse.Namespace, env: Environment) -> PretrainConfig:
+    """The run's configuration from the parsed flags and the environment (validated)."""
+    return PretrainConfig(
+        # in the order the flags used to be checked: the first bad one is named
+        training=TrainingConfig(
+            train_batch_size=args.train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            max_steps=args.max_steps, steps_this_run=args.steps_this_run, seed=args.seed,
+            do_train=args.do_train),
+        optimizer=OptimizerConfig(
+            name=args.optimizer, learning_rate=args.learning_rate,
+            warmup_proportion=args.warmup_proportion, weight_decay=args.weight_decay,
+            max_grad_norm=args.max_grad_norm),
+        logging=LoggingConfig(log_freq=args.log_freq, json_summary=args.json_summary,
+                              tensorboard_dir=args.tensorboard_dir,
+                              progress_bar=not args.disable_progress_bar,
+                              profile=args.profile, profile_start=args.profile_start),
+        checkpoint=CheckpointConfig(
+            output_dir=args.output_dir, num_steps_per_checkpoint=args.num_steps_per_checkpoint,
+            keep_checkpoints=args.keep_checkpoints, skip_checkpoint=args.skip_checkpoint,
+            resume_from_checkpoint=args.resume_from_checkpoint, resume_step=args.resume_step),
+        data=DataConfig(
+            input_dir=args.input_dir, vocab_file=args.vocab_file, max_seq_length=args.max_seq_length,
+            max_predictions_per_seq=args.max_predictions_per_seq, masking=args.masking,
+            num_workers=args.num_workers),
+        eval=EvalConfig(eval_dir=args.eval_dir, eval_freq=args.eval_freq,
+                        num_eval_batches=args.num_eval_batches, eval_batch_size=args.eval_batch_size),
+        launch=LaunchConfig(
+            local_rank=args.local_rank, device=args.device,
+            dist_timeout=next(t for t in (args.dist_timeout, env.dist_timeout, DEFAULT_TIMEOUT_S)
+                              if t is not None),
+            allreduce_post_accumulation=args.allreduce_post_accumulation,
+            allreduce_post_accumulation_fp16=args.allreduce_post_accumulation_fp16),
+        phase=PhaseConfig(phase2=args.phase2, resume_phase2=args.resume_phase2,
+                          phase1_end_step=args.phase1_end_step),
+        model=ModelSetupConfig(
+            config_file=args.config_file, init_checkpoint=args.init_checkpoint,
+            checkpoint_activations=args.checkpoint_activations,
+            dense_sequence_output=not args.no_dense_sequence_output,
+            fused=not args.disable_jit_fusions, cuda_graphs=args.cuda_graphs),
+        precision=PrecisionConfig(fp16=args.fp16, bf16=args.bf16, init_loss_scale=args.init_loss_scale,
+                                  loss_scale=args.loss_scale, tf32=args.tf32, cpu_gemm=env.cpu_gemm),
+    )
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run pretraining; returns the exit status (see docs/pretraining.md)."""
@@ -197,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv_of(argv)
     args = build_parser().parse_args(argv)
     _notes(args, argv)
+    config = config_from_args(args, read_environment())
     if args.dry_run:
         from bertforge.train.pretrain import dry_run
 
-        return dry_run(args)
-    return run(args)
+        return dry_run(config)
+    return run(config)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.environment import read_environment
+from bertforge.cli.finetune_flags import finetune_config, finetune_runtime
 from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
-from bertforge.distributed import rank0_output_lock
+from bertforge.distributed import rank0_output_lock, wrap_ddp
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
 from bertforge.files import atomic_path, atomic_write_json, ensure_dir
 from bertforge.model.bert import BertForQuestionAnswering
@@ -312,9 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     _validate(args)
     if args.dry_run:
         return _dry_run(args)
-    rt = finetune.setup_runtime(seed=args.seed, fp16=args.fp16, bf16=args.bf16, no_cuda=args.no_cuda,
-                                local_rank=args.local_rank if args.local_rank >= 0 else None,
-                                tf32=args.tf32, loss_scale=args.loss_scale)
+    precision, launch = finetune_runtime(args, read_environment())
+    rt = finetune.setup_runtime(seed=args.seed, precision=precision, launch=launch)
     with rank0_output_lock(args.output_dir, "--output_dir", rt):
         return _run(args, rt)
 
@@ -332,8 +333,8 @@ def _run(args, rt) -> dict:
     train_arrays = _train_arrays(args, tokenizer, vocab_file, rt, logger if rt.is_main else None) \
         if args.do_train else None
     model, report = load_task_model(args.init_checkpoint, BertForQuestionAnswering,
-                                             head=("qa_outputs.*",), training=args.do_train,
-                                             config_file=args.config_file, drop=("bert.pooler.*",))
+                                    head=("qa_outputs.*",), training=args.do_train,
+                                    config_file=args.config_file, drop=("bert.pooler.*",))
     finetune.check_inputs_fit(model.config, max_seq_length=args.max_seq_length, tokenizer=tokenizer,
                               vocab_file=vocab_file)
     logger.log("PARAMETER", {"init_checkpoint": str(args.init_checkpoint), "load": report.summary(),
@@ -341,15 +342,11 @@ def _run(args, rt) -> dict:
     model.to(rt.device)
     results: dict = {}
     if args.do_train:
-        cfg = finetune.FinetuneConfig(
-            learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
-            max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
-            train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-            seed=args.seed, log_freq=args.log_freq)
+        cfg = finetune_config(args)
         profiler = StepProfiler(args.output_dir, rank=rt.rank, what="training steps", enabled=args.profile)
         try:
-            summary = finetune.train(finetune.wrap_ddp(model, rt), train_arrays, _qa_loss, cfg,
-                                     precision=rt.precision, rank=rt.rank, world_size=rt.world_size,
+            summary = finetune.train(wrap_ddp(model, rt.device, rt.world_size), train_arrays, _qa_loss,
+                                     cfg, precision=rt.precision, rank=rt.rank, world_size=rt.world_size,
                                      logger=logger, on_step=profiler.step)
         finally:
             profiler.close()

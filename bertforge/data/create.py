@@ -181,8 +181,8 @@ def process_unit(unit: InputUnit, cfg: InstanceConfig, tokenizer=None
     return unit.key, inst, stats
 
 
-def _process_star(args):
-    return process_unit(*args)
+def _process_star(job):
+    return process_unit(*job)
 
 
 def _worker_died(what: str) -> UserError:
@@ -218,9 +218,8 @@ def create_instance_sets(units: Sequence[InputUnit], cfg: InstanceConfig, *, voc
             stats.add(st)
             bar.update(1)
     else:
-        # One process per worker; each uses one tokenizer thread (no oversubscription).
-        old = os.environ.get("TOKENIZERS_PARALLELISM")
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        # One process per worker (each with one tokenizer thread when the command line has
+        # set TOKENIZERS_PARALLELISM=false: bertforge.cli.environment).
         try:
             with ProcessPoolExecutor(min(num_workers, len(units)), mp_context=_mp_context(),
                                      initializer=_worker_init,
@@ -231,11 +230,6 @@ def create_instance_sets(units: Sequence[InputUnit], cfg: InstanceConfig, *, voc
                     bar.update(1)
         except BrokenProcessPool:
             raise _worker_died("reading the input files") from None
-        finally:
-            if old is None:
-                os.environ.pop("TOKENIZERS_PARALLELISM", None)
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = old
     bar.close()
     out.sort(key=lambda kv: kv[0])
     return out, stats
@@ -392,7 +386,6 @@ def write_shards(instances: InstanceSet, output: str | os.PathLike, *, output_fo
             _WRITE_STATE["vocab_tokens"] = pa.array(list(vocab_tokens), pa.string())
         if num_workers > 1 and len(mine) > 1 and sys.platform.startswith("linux"):
             # forked writers share the arrays copy-on-write; gzip/parquet run in parallel
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             with ProcessPoolExecutor(min(num_workers, len(mine)),
                                      mp_context=mp.get_context("fork")) as pool:
                 list(pool.map(_write_one, mine))

@@ -71,6 +71,17 @@ class WordpieceTokenizer:
         return self._tok.encode(text, add_special_tokens=False).tokens
 
 
+def _wordpiece(vocab: dict[str, int], do_lower_case: bool, unk_token: str = "[UNK]"):
+    """The library's BERT WordPiece tokenizer (Google's basic tokenization: text cleaning, CJK
+    splitting, lower-casing with accent stripping when ``do_lower_case``), both classes' engine."""
+    from tokenizers import BertWordPieceTokenizer
+
+    return BertWordPieceTokenizer(
+        dict(vocab), unk_token=unk_token, sep_token="[SEP]", cls_token="[CLS]", pad_token="[PAD]",
+        mask_token="[MASK]", clean_text=True, handle_chinese_chars=True,
+        strip_accents=do_lower_case, lowercase=do_lower_case, wordpieces_prefix="##")
+
+
 class BertTokenizer:
     """End-to-end BERT tokenizer: ``BertTokenizer(vocab_file, do_lower_case=True)``.
 
@@ -82,8 +93,6 @@ class BertTokenizer:
 
     def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True,
                  max_len: int | None = None, unk_token: str = "[UNK]"):
-        from tokenizers import BertWordPieceTokenizer
-
         self.vocab_file = str(vocab_file)
         self.do_lower_case = do_lower_case
         self.vocab: OrderedDict[str, int] = load_vocab(vocab_file, required=(unk_token,))
@@ -93,13 +102,7 @@ class BertTokenizer:
         self.max_len = max_len if max_len is not None else int(1e12)
         self.unk_token = unk_token
         self.unk_id = self.vocab[unk_token]
-        wp = BertWordPieceTokenizer(
-            dict(self.vocab), unk_token=unk_token,
-            sep_token="[SEP]", cls_token="[CLS]", pad_token="[PAD]", mask_token="[MASK]",
-            clean_text=True, handle_chinese_chars=True,
-            strip_accents=do_lower_case, lowercase=do_lower_case, wordpieces_prefix="##",
-        )
-        self._tok = wp._tokenizer  # the raw tokenizers.Tokenizer
+        self._tok = _wordpiece(self.vocab, do_lower_case, unk_token)._tokenizer  # raw tokenizers.Tokenizer
         self._tok.no_truncation()
         self._tok.no_padding()
         self.basic_tokenizer = BasicTokenizer(do_lower_case=do_lower_case)
@@ -153,9 +156,7 @@ def load_tokenizer(vocab_file: str | os.PathLike, do_lower_case: bool = True):
     missing = [t for t in _REQUIRED if t not in vocab]
     if missing:
         raise DataError(f"--vocab_file {path}: not a BERT WordPiece vocabulary (missing {', '.join(missing)})")
-    from tokenizers import BertWordPieceTokenizer
-
-    return BertWordPieceTokenizer(vocab, lowercase=do_lower_case)
+    return _wordpiece(vocab, do_lower_case)
 
 
 def special_ids(tokenizer) -> tuple[int, int, int]:

@@ -29,8 +29,8 @@ Fast paths, all exact up to float reassociation (parity tests in tests/unit):
   fused blocks run x W^T and dL/dx on oneDNN's GEMM, faster than MKL's on the CPUs measured
   (docs/benchmarks.md); ``gemm.set_backend("aten")`` (``BERTFORGE_CPU_GEMM=aten``) turns it off.
 
-This module imports only torch (and, through dropout.py and gemm.py, numpy and bertforge.errors;
-bertforge.memory checks a config's size before its weights are allocated).
+This module imports only torch (and, through dropout.py, numpy; bertforge.memory checks a
+config's size before its weights are allocated).
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ from bertforge.model.fused import (
     tied_decoder,
 )
 from bertforge.model.gemm import Linear, linear
-from bertforge.model.gemm import get_backend as gemm_backend
 
 __all__ = [
     "BertModel",
@@ -377,7 +376,6 @@ class BertPreTrainedModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        gemm_backend()  # a bad BERTFORGE_CPU_GEMM fails here, before data or weights load
         require_model_memory(config, what="model config")  # before any weight is allocated
 
     def init_weights(self) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from bertforge.config import ModelConfig, pad_vocab_size
 from bertforge.errors import CheckpointError, ConfigError, UserError
-from bertforge.files import atomic_path, ensure_dir, torch_save
+from bertforge.files import atomic_path, ensure_dir, torch_save, unpickling_refusal
 
 __all__ = [
     "torch_load",
@@ -61,8 +61,6 @@ def torch_load(path: str | os.PathLike, trust: bool = False) -> object:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        from bertforge.checkpoint import unpickling_refusal
-
         raise unpickling_refusal(p, e, hint=" (if you trust its origin, convert it once with "
                                           "`python -m bertforge.convert --trust_checkpoint`, "
                                           "which lets the file run code)") from None

@@ -11,39 +11,27 @@ Used where the operands are fp32 CPU tensors, mkldnn is available and enabled
 autocasting (those see the plain ``F.linear``); everything else, CUDA included, takes PyTorch's
 own ops. Results equal PyTorch's up to float reassociation (tests/unit/test_gemm.py).
 
-:func:`set_backend` (``BERTFORGE_CPU_GEMM=aten`` at the command line) turns it off for the process.
+:func:`set_backend` turns it off for the process (the command lines: ``BERTFORGE_CPU_GEMM=aten``,
+read by :mod:`bertforge.cli.environment`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from bertforge.errors import ConfigError
-
 __all__ = ["Linear", "linear", "linear_nt", "matmul", "column_sums", "set_backend", "backend", "get_backend"]
 
 _BACKENDS = ("onednn", "aten")
-_state = {"backend": None}
-
-
-def _env_backend() -> str:
-    value = os.environ.get("BERTFORGE_CPU_GEMM", "onednn").strip().lower() or "onednn"
-    if value not in _BACKENDS:
-        raise ConfigError(f"environment variable BERTFORGE_CPU_GEMM={value!r}: expected one of "
-                          f"{', '.join(_BACKENDS)}")
-    return value
+_state = {"backend": "onednn"}
 
 
 def get_backend() -> str:
     """The fp32 CPU GEMM backend in use: 'onednn' or 'aten' (PyTorch's MKL path)."""
-    if _state["backend"] is None:
-        _state["backend"] = _env_backend()
     return _state["backend"]
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from bertforge.cli.args import ArgumentParser
+from bertforge.cli.environment import read_environment, use_cpu_gemm
 from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError, UserError, cli_entry
 from bertforge.files import atomic_path, atomic_write_json, ensure_dir
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_cpu_gemm(read_environment())
     model = load_model(args.init_checkpoint, args.task, config_file=args.config_file,
                        num_labels=args.num_labels)
     if args.check_file:

@@ -1,1 +1,2 @@
-"""Training: the shared optimizer step (loop.py) and the pretraining trainer (pretrain.py)."""
+"""Training: the pretraining Trainer (pretrain.py) and its objective (mlm.py), the fine-tuning
+driver (finetune.py), and the optimizer step both share (loop.py)."""

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertforge.config import ModelConfig
+from bertforge.config import FinetuneConfig, LaunchConfig, ModelConfig, PrecisionConfig
 from bertforge.errors import ConfigError
 from bertforge.files import atomic_write_json
 from bertforge.memory import require_model_memory
 from bertforge.model.convert import save_bertforge
 from bertforge.optim import build_optimizer
 from bertforge.optim.schedulers import LinearWarmUpScheduler
-from bertforge.precision import Precision
+from bertforge.precision import Precision, configure_tf32
 from bertforge.train.loop import TrainStep
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "latency_stats",
     "save_finetuned",
     "setup_runtime",
-    "wrap_ddp",
     "Runtime",
     "to_device",
     "WEIGHTS_NAME",
@@ -55,51 +54,6 @@ __all__ = [
 
 WEIGHTS_NAME = "pytorch_model.bin"  # NVIDIA's names for the fine-tuned model
 CONFIG_NAME = "bert_config.json"
-
-
-@dataclass
-class FinetuneConfig:
-    """Hyper-parameters of a fine-tuning run (NVIDIA's flag names and defaults)."""
-
-    learning_rate: float = 5e-5
-    num_train_epochs: float = 3.0
-    """Fractional epochs stop part-way through the last one."""
-    max_steps: int = -1
-    """When > 0, the number of optimizer steps (overrides num_train_epochs)."""
-    warmup_proportion: float = 0.1
-    train_batch_size: int = 32
-    """Sequences per optimizer step and process; split into gradient_accumulation_steps micro-batches."""
-    gradient_accumulation_steps: int = 1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    log_freq: int = 50
-
-    def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
-            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if self.gradient_accumulation_steps < 1:
-            raise ConfigError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
-        if self.train_batch_size < self.gradient_accumulation_steps:
-            raise ConfigError(f"--train_batch_size {self.train_batch_size} is smaller than "
-                              f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
-        if not 0.0 <= self.warmup_proportion < 1.0:
-            raise ConfigError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise ConfigError("--num_train_epochs must be positive (or give --max_steps)")
-        if self.log_freq < 1:
-            raise ConfigError(f"--log_freq must be >= 1, got {self.log_freq}")
-
-    def micro_batch_size(self) -> int:
-        return self.train_batch_size // self.gradient_accumulation_steps
-
-    def total_steps(self, num_examples: int, world_size: int = 1) -> int:
-        """Optimizer steps of the run: ``max_steps``, else epochs x steps per epoch."""
-        if self.max_steps > 0:
-            return int(self.max_steps)
-        per_rank = math.ceil(num_examples / world_size)
-        per_epoch = math.ceil(per_rank / self.train_batch_size)
-        return max(1, math.ceil(per_epoch * self.num_train_epochs))
 
 
 @dataclass
@@ -355,38 +309,26 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_runtime(*, seed: int, fp16: bool = False, bf16: bool = False, no_cuda: bool = False,
-                  local_rank: int | None = None, tf32: bool = False, loss_scale: float = 0.0) -> Runtime:
+def setup_runtime(*, seed: int, precision: PrecisionConfig, launch: LaunchConfig) -> Runtime:
     """Initialise distributed training (torchrun / Slurm variables), device, precision and seeds.
 
-    ``tf32`` allows TF32 math on CUDA (one line says it has no effect elsewhere);
-    ``loss_scale`` > 0 is a static fp16 loss scale (NVIDIA's ``--loss_scale``).
+    ``precision.tf32`` allows TF32 math on CUDA (one line says it has no effect elsewhere);
+    ``precision.loss_scale`` > 0 is a static fp16 loss scale (NVIDIA's ``--loss_scale``).
 
     Seeds python, numpy and torch with ``seed`` (the same on every rank: the model's new
     head starts identical everywhere; the data order comes from the loader's own seed).
     """
-    import random
-
     from bertforge.distributed import init_distributed
+    from bertforge.model import gemm
+    from bertforge.rng import seed_everything
 
-    info = init_distributed(local_rank=local_rank, device="cpu" if no_cuda else None)
-    from bertforge.precision import configure_tf32
-
-    precision = Precision.from_flags(fp16, bf16, info.device, loss_scale=loss_scale)
-    why = configure_tf32(tf32, info.device)
+    gemm.set_backend(precision.cpu_gemm)
+    info = init_distributed(local_rank=launch.local_rank, device=launch.device,
+                            timeout_s=launch.dist_timeout)
+    prec = Precision.from_flags(precision.fp16, precision.bf16, info.device,
+                                init_loss_scale=precision.init_loss_scale, loss_scale=precision.loss_scale)
+    why = configure_tf32(precision.tf32, info.device)
     if why and info.is_main:
         print(f"note: --tf32 has no effect: {why}", flush=True)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return Runtime(info.rank, info.world_size, info.device, precision)
-
-
-def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
-    """``DistributedDataParallel(model)`` when more than one process runs, else ``model``."""
-    if rt.world_size <= 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [rt.device.index] if rt.device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
+    seed_everything(seed)
+    return Runtime(info.rank, info.world_size, info.device, prec)

@@ -100,6 +100,13 @@ class TrainStep:
         # every parameter the optimizer updates, in its order (one summation order for the norm)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
 
+    def state_dict(self) -> dict:
+        """The count of skipped (fp16 overflow) steps: a checkpoint's ``skipped_steps``."""
+        return {"skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
     def step(self, micro_batches: Sequence[dict],
              loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor]) -> StepResult:
         """Forward/backward every micro-batch, then one optimizer update.

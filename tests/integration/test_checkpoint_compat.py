@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_fixtures import REPO  # noqa: E402
 
-from bertforge.checkpoint import load_checkpoint  # noqa: E402
+from bertforge.checkpoint import FORMAT_VERSION, load_checkpoint  # noqa: E402
 
 FIXTURE = REPO / "tests/fixtures/checkpoint_v0"
 
@@ -66,6 +66,8 @@ def test_format0_checkpoint_resumes_exactly(out):
     _assert_weights(out / "ckpt_6.pt", FIXTURE / "expected_phase1_step6.pt")
     ck = load_checkpoint(out / "ckpt_6.pt")
     assert (ck["phase"], ck["step"]) == (1, 6)
+    # written in today's format, with the run's typed settings on record
+    assert ck["format_version"] == FORMAT_VERSION and ck["run_config"]["training"]["max_steps"] == 6
 
 
 def test_format0_checkpoint_starts_phase2_exactly(out):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bertforge.cli.environment import Environment, read_environment
 from bertforge.errors import ConfigError
 from bertforge.model import gemm
 from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering, pretraining_loss
@@ -80,20 +81,20 @@ def test_plain_path_where_onednn_does_not_apply(calls):
 
 
 @needs_onednn
-def test_backend_switch_and_env(monkeypatch, calls):
+def test_backend_switch(monkeypatch, calls):
     x, w = torch.randn(4, 6), torch.randn(8, 6)
     with gemm.backend("aten"):
         assert gemm.get_backend() == "aten"
+        gemm.linear(x, w)
+        assert calls == []
     gemm.linear(x, w)
     assert len(calls) == 1
     with pytest.raises(ValueError, match="unknown CPU GEMM backend 'mkl'"):
         gemm.set_backend("mkl")
-    monkeypatch.setitem(gemm._state, "backend", None)
-    monkeypatch.setenv("BERTFORGE_CPU_GEMM", "blas")
-    with pytest.raises(ConfigError, match="BERTFORGE_CPU_GEMM='blas'"):
-        gemm.linear(x, w)
-    monkeypatch.setenv("BERTFORGE_CPU_GEMM", "ATEN")
-    assert gemm.get_backend() == "aten"
+    # the library reads no environment variable: the command lines pass the setting on
+    monkeypatch.setenv("BERTFORGE_CPU_GEMM", "aten")
+    gemm.linear(x, w)
+    assert gemm.get_backend() == "onednn" and len(calls) == 2
 
 
 @needs_onednn
@@ -151,11 +152,19 @@ def test_traced_model_holds_no_onednn_op(calls):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_bad_backend_variable_fails_when_the_model_is_built(monkeypatch):
-    monkeypatch.setitem(gemm._state, "backend", None)
+def test_environment_is_read_at_the_command_line(monkeypatch):
+    """BERTFORGE_CPU_GEMM is validated by bertforge.cli.environment (a bad value: one line);
+    building a model reads no environment."""
     monkeypatch.setenv("BERTFORGE_CPU_GEMM", "mkl")
+    BertForQuestionAnswering(tiny_config())
     with pytest.raises(ConfigError, match="BERTFORGE_CPU_GEMM='mkl'"):
-        BertForQuestionAnswering(tiny_config())
+        read_environment()
+    assert read_environment({"BERTFORGE_CPU_GEMM": " ATEN "}).cpu_gemm == "aten"
+    assert read_environment({}) == Environment("onednn", None)
+    assert read_environment({"BERTFORGE_DIST_TIMEOUT": "90"}).dist_timeout == 90.0
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(ConfigError, match=f"BERTFORGE_DIST_TIMEOUT='{bad}'"):
+            read_environment({"BERTFORGE_DIST_TIMEOUT": bad})
 
 
 def _at_offset(t: torch.Tensor, offset: int) -> torch.Tensor:

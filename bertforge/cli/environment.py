@@ -1,0 +1,76 @@
+"""The environment variables bertforge reads, read in this one place, at the command line.
+
+Library code takes these settings as arguments (:class:`bertforge.config.PrecisionConfig`,
+:class:`bertforge.config.LaunchConfig`); the entry points read the environment once, here,
+and pass them on. The rank layout of torchrun and Slurm (``RANK``, ``WORLD_SIZE``,
+``SLURM_PROCID``, ...) is the launchers' protocol and stays in :mod:`bertforge.distributed`.
+
+- ``BERTFORGE_CPU_GEMM``: ``onednn`` (default) or ``aten``, the fp32 CPU matrix products
+  (:mod:`bertforge.model.gemm`).
+- ``BERTFORGE_DIST_TIMEOUT``: seconds a collective waits for a dead rank, for the entry
+  points without ``--dist_timeout`` and as that flag's default.
+- ``TOKENIZERS_PARALLELISM`` is written, not read: see :func:`one_tokenizer_thread_per_process`.
+
+Other variables belong to a protocol or a single command and are read where that lives: the
+launchers' rank layout (bertforge.distributed, ``SLURM_NTASKS``/``SLURM_PROCID`` also in
+data/create.py's ``resolve_rank``), ``LOCAL_RANK`` as the default of the fine-tuning commands'
+``--local_rank``, ``BERTFORGE_CACHE`` (cli/prepare_wiki_sample.py), and the serving side's
+``BERTFORGE_TRITON_PYTHON``, ``BERTFORGE_REAL_DATA`` and the Triton access token (serving/).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bertforge.config import CPU_GEMM_BACKENDS
+from bertforge.errors import ConfigError
+
+__all__ = ["Environment", "read_environment", "one_tokenizer_thread_per_process", "use_cpu_gemm"]
+
+
+@dataclass(frozen=True)
+class Environment:
+    cpu_gemm: str = "onednn"
+    """BERTFORGE_CPU_GEMM: the fp32 CPU GEMM backend."""
+    dist_timeout: float | None = None
+    """BERTFORGE_DIST_TIMEOUT: collective timeout in seconds (None: unset)."""
+
+
+def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
+    """The settings of ``environ`` (default ``os.environ``); ConfigError names a bad variable."""
+    env = os.environ if environ is None else environ
+    gemm = env.get("BERTFORGE_CPU_GEMM", "onednn").strip().lower() or "onednn"
+    if gemm not in CPU_GEMM_BACKENDS:
+        raise ConfigError(f"environment variable BERTFORGE_CPU_GEMM={gemm!r}: expected one of "
+                          f"{', '.join(CPU_GEMM_BACKENDS)}")
+    timeout = None
+    raw = env.get("BERTFORGE_DIST_TIMEOUT", "").strip()
+    if raw:
+        try:
+            timeout = float(raw)
+        except ValueError:
+            timeout = -1.0
+        if not timeout > 0:
+            raise ConfigError(f"environment variable BERTFORGE_DIST_TIMEOUT={raw!r}: expected a "
+                              "positive number of seconds")
+    return Environment(cpu_gemm=gemm, dist_timeout=timeout)
+
+
+def use_cpu_gemm(env: Environment) -> None:
+    """Set this process's fp32 CPU GEMM backend (entry points that run a model outside a
+    training run; the trainers take it from their PrecisionConfig)."""
+    from bertforge.model import gemm
+
+    gemm.set_backend(env.cpu_gemm)
+
+
+def one_tokenizer_thread_per_process() -> None:
+    """Make the ``tokenizers`` library single-threaded in this process and its children.
+
+    With several worker processes each tokenizing, one thread each uses the cores without
+    oversubscribing them, and processes forked after tokenizing do not trip the library's
+    fork warning. Set before the first worker starts (``--num_workers`` > 1).
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
