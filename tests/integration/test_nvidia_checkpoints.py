@@ -122,18 +122,21 @@ def test_phase2_starts_from_nvidias_phase1_checkpoint(kind, tmp_path) -> None:
         "--phase2", "--resume_from_checkpoint", "--phase1_end_step=7038", "--num_steps_per_checkpoint=100"))
 
     # what the run starts from: NVIDIA's fp32 weights and LAMB moments, step 0 of phase 2
-    from bertforge.cli.pretrain import build_parser
+    from bertforge.checkpoint import plan_start
+    from bertforge.cli.environment import Environment
+    from bertforge.cli.pretrain import build_parser, config_from_args
     from bertforge.distributed import DistInfo
 
-    args = build_parser().parse_args(argv)
+    config = config_from_args(build_parser().parse_args(argv), Environment())
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    trainer = pretrain._Trainer(args, ModelConfig.from_json_file(cfg), info)
-    trainer._build()
-    trainer._build_training()
+    trainer = pretrain.Trainer(config, ModelConfig.from_json_file(cfg), info)
+    start = plan_start(config.checkpoint, config.phase, config.model.init_checkpoint)
+    trainer._build_model(start)
+    trainer._build_training(start)
     want = normalize_state_dict({k: v.float() for k, v in theirs.state_dict().items()}, trainer.model_core)
     got = trainer.model_core.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want), "weights differ from NVIDIA's"
-    assert trainer.phase1_end_step == 7038 and trainer.step == 0
+    assert trainer.state.phase1_end_step == 7038 and trainer.state.step == 0
     state = trainer.optimizer.state_dict()
     if kind == "ngc":
         assert not state["state"]  # a model-only file has no moments: LAMB starts fresh
