@@ -22,10 +22,10 @@ import torch
 from bertforge.cli.args import ArgumentParser
 from bertforge.cli.environment import read_environment
 from bertforge.cli.finetune_flags import finetune_config, finetune_runtime
-from bertforge.cli.nvidia import add_dry_run, argv_of, note
+from bertforge.cli.nvidia import add_dry_run, argv_of, check_model_files, note
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.distributed import rank0_output_lock, wrap_ddp
-from bertforge.errors import ConfigError, DataError, cli_entry
+from bertforge.errors import ConfigError, cli_entry
 from bertforge.files import atomic_write_json, atomic_write_text, ensure_dir
 from bertforge.model.bert import BertForSequenceClassification
 from bertforge.model.convert import load_task_model
@@ -164,11 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"--data_dir {args.data_dir}: no such directory")
     if args.dry_run:
-        for flag in ("vocab_file", "config_file"):
-            if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
-                raise DataError(f"--{flag} {getattr(args, flag)}: no such file")
-        if not Path(args.init_checkpoint).exists():
-            raise DataError(f"--init_checkpoint {args.init_checkpoint}: no such file or directory")
+        check_model_files(args)
         print(f"dry run: {task.name} from {args.init_checkpoint} into {args.output_dir}: "
               "flags and inputs OK", flush=True)
         return {}

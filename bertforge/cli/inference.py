@@ -23,7 +23,7 @@ import torch
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.cli.environment import read_environment, use_cpu_gemm
-from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
+from bertforge.cli.nvidia import add_dry_run, argv_of, check_model_files, given, note
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.errors import ConfigError, DataError, cli_entry
 from bertforge.files import atomic_write_json, read_input_text
@@ -134,11 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.output and not args.json_file:
         raise ConfigError("--output goes with --json")
     if args.dry_run:
-        for flag in ("vocab_file", "config_file"):
-            if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
-                raise DataError(f"--{flag} {getattr(args, flag)}: no such file")
-        if not Path(args.init_checkpoint).exists():
-            raise DataError(f"--init_checkpoint {args.init_checkpoint}: no such file or directory")
+        check_model_files(args)
         n = len(read_batch(args.json_file)) if args.json_file else 1
         print(f"dry run: {n} question(s) for {args.init_checkpoint}: flags and inputs OK", flush=True)
         return []

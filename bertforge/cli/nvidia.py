@@ -19,8 +19,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["given", "note", "add_dry_run", "number", "argv_of", "on_rank0"]
+from bertforge.errors import DataError
+
+__all__ = ["given", "note", "add_dry_run", "check_model_files", "number", "argv_of", "on_rank0"]
 
 
 def argv_of(argv: Sequence[str] | None) -> list[str]:
@@ -62,3 +65,14 @@ def add_dry_run(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--dry_run", action="store_true",
                         help=f"check the flags and the files they name, print what would run, and "
                              f"exit before {what} (the scripts pass it with DRY_RUN=1)")
+
+
+def check_model_files(args: argparse.Namespace) -> None:
+    """A fine-tuning or inference dry run's check of the files that define the model:
+    ``--vocab_file`` and ``--config_file`` (when given) and ``--init_checkpoint``."""
+    for flag in ("vocab_file", "config_file"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise DataError(f"--{flag} {path}: no such file")
+    if not Path(args.init_checkpoint).exists():
+        raise DataError(f"--init_checkpoint {args.init_checkpoint}: no such file or directory")

@@ -26,7 +26,7 @@ import numpy as np
 from bertforge.cli.args import ArgumentParser
 from bertforge.cli.environment import read_environment
 from bertforge.cli.finetune_flags import finetune_config, finetune_runtime
-from bertforge.cli.nvidia import add_dry_run, argv_of, given, note
+from bertforge.cli.nvidia import add_dry_run, argv_of, check_model_files, given, note
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.distributed import rank0_output_lock, wrap_ddp
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
@@ -293,12 +293,7 @@ def _run_eval_script(args, predictions: Path) -> dict | None:
 
 
 def _dry_run(args) -> dict:
-    for flag in ("vocab_file", "config_file"):
-        path = getattr(args, flag)
-        if path and not Path(path).is_file():
-            raise DataError(f"--{flag} {path}: no such file")
-    if not Path(args.init_checkpoint).exists():
-        raise DataError(f"--init_checkpoint {args.init_checkpoint}: no such file or directory")
+    check_model_files(args)
     what = " + ".join(w for w, on in (("train", args.do_train), ("predict", args.do_predict),
                                        ("eval", args.do_eval)) if on)
     print(f"dry run: {what} from {args.init_checkpoint} into {args.output_dir}: flags and inputs OK",
