@@ -15,6 +15,8 @@ in phase 2, ``N = phase1_end_step + step``) is one torch file holding a dict, fo
     skipped_steps    fp16 steps skipped on overflow (TrainStep's count)
     data             per rank, in rank order: the data loader's position
     rng              per rank: torch / numpy / python / cuda generator states
+    numerics         per rank: what decides the kernels it ran (torch, CPU, threads, GEMM
+                     backend, library variables; bertforge.train.numerics)
     config           the bert_config dict
     run_config       the run's PretrainConfig as plain values (for the record)
 
@@ -26,7 +28,7 @@ Each part is saved from, and restored into, an object with ``state_dict()`` /
 ``load_state_dict()`` (torchtitan's checkpointer does the same): the model
 (``bertforge.train.pretrain.ModelState``), the optimizer, the scheduler,
 :class:`bertforge.precision.Precision` (the grad scaler), the data loader,
-:class:`bertforge.rng.RNGState`, :class:`TrainState` and the training step (its skipped-step
+:class:`bertforge.rng.RNGState`, :class:`bertforge.train.numerics.NumericsRecord`, :class:`TrainState` and the training step (its skipped-step
 count).
 :class:`Checkpointer` writes and reads them; :func:`plan_start` holds the resume rules, including
 the start of phase 2 from phase 1's last checkpoint.
@@ -162,6 +164,7 @@ def _upgrade_0_to_1(ck: dict) -> dict:
     ck.setdefault("grad_scaler", {})
     ck.setdefault("data", None)
     ck.setdefault("rng", None)
+    ck.setdefault("numerics", None)
     ck.setdefault("run_config", None)
     return ck
 
@@ -247,7 +250,7 @@ class Checkpointer:
             ``lr_scheduler``, ``grad_scaler``).
         flat_parts: parts whose ``state_dict`` keys are top-level keys (TrainState, the
             training step's ``skipped_steps``).
-        rank_parts: ``key -> part`` saved as a list over ranks (``data``, ``rng``).
+        rank_parts: ``key -> part`` saved as a list over ranks (``data``, ``numerics``, ``rng``).
         record: plain values written as they are (``config``, ``run_config``).
     """
 
@@ -318,6 +321,8 @@ class Checkpointer:
         if len(saved) != self.info.world_size:
             if key == "rng":
                 return None  # per-rank dropout streams cannot be remapped; fresh ones are fine
+            if key == "numerics":
+                return saved[0] if saved else None  # compared with the first rank's record
             raise CheckpointError(f"checkpoint {source} was written by {len(saved)} ranks; resume "
                                   f"with the same number of processes (now {self.info.world_size})")
         return saved[self.info.rank]

@@ -15,7 +15,8 @@ Other variables belong to a protocol or a single command and are read where that
 launchers' rank layout (bertforge.distributed, ``SLURM_NTASKS``/``SLURM_PROCID`` also in
 data/create.py's ``resolve_rank``, ``LOCAL_WORLD_SIZE`` in bertforge.memory's per-node
 estimate), the job's id in an output folder's lock record (``SLURM_JOB_ID``,
-``TORCHELASTIC_RUN_ID``: bertforge.outputs), ``LOCAL_RANK`` as the default of the fine-tuning commands'
+``TORCHELASTIC_RUN_ID``: bertforge.outputs), the library variables a checkpoint records
+as part of its numerics (bertforge.train.numerics, read to be recorded, never to decide), ``LOCAL_RANK`` as the default of the fine-tuning commands'
 ``--local_rank``, ``BERTFORGE_CACHE`` (cli/prepare_wiki_sample.py), and the serving side's
 ``BERTFORGE_TRITON_PYTHON``, ``BERTFORGE_REAL_DATA`` and the Triton access token (serving/).
 """

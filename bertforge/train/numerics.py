@@ -22,7 +22,7 @@ import platform
 
 import torch
 
-__all__ = ["environment", "differences", "LIBRARY_VARIABLES"]
+__all__ = ["environment", "differences", "NumericsRecord", "LIBRARY_VARIABLES"]
 
 LIBRARY_VARIABLES = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "MKL_NUM_THREADS", "MKL_DYNAMIC",
                      "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
@@ -82,3 +82,24 @@ def differences(recorded: dict | None, current: dict) -> list[str]:
         if a != b:
             out.append(f"{key} {a if a is not None else 'unset'} -> {b if b is not None else 'unset'}")
     return out
+
+
+class NumericsRecord:
+    """This process's numerics as a checkpoint part, one per rank: saved as
+    :func:`environment`; restoring a record says in one line (on the first rank) when this
+    process computes with other kernels than the one that wrote the checkpoint: the state is
+    restored exactly, but the rest of the run matches an uninterrupted one only to float
+    tolerance. Checkpoints without the record (older ones) say nothing."""
+
+    def __init__(self, device: torch.device | str, is_main: bool, source: str | None) -> None:
+        self.device, self.is_main, self.source = device, is_main, source
+
+    def state_dict(self) -> dict[str, str]:
+        return environment(self.device)
+
+    def load_state_dict(self, recorded: dict | None) -> None:
+        changed = differences(recorded, environment(self.device))
+        if changed and self.is_main:
+            print(f"note: {self.source} was written with other numerics ({'; '.join(changed)}): the "
+                  "run continues from its exact state, but from here on it matches an "
+                  "uninterrupted run only to float tolerance, not bit for bit", flush=True)

@@ -36,6 +36,7 @@ from bertforge.config import ModelConfig, PretrainConfig
 from bertforge.distributed import (
     DistInfo,
     any_rank,
+    barrier,
     cleanup,
     control_group,
     init_distributed,
@@ -61,6 +62,7 @@ from bertforge.train.mlm import (
     make_loader,
     to_device,
 )
+from bertforge.train.numerics import NumericsRecord
 
 __all__ = ["run", "dry_run", "Trainer", "ModelState", "LoaderState", "PretrainingLoss", "NonFiniteLossError", "PeerFailureError",
            "PREEMPTED_EXIT_CODE", "EVAL_SEED", "evaluate_mlm"]
@@ -95,7 +97,9 @@ def run(config: PretrainConfig) -> int:
         require_model_memory(model_config, what=f"config file {config.model.config_file}",
                              training=config.training.do_train, device=info.device)
         with rank0_output_lock(config.checkpoint.output_dir, "--output_dir", info):
-            return Trainer(config, model_config, info).run()
+            status = Trainer(config, model_config, info).run()
+        barrier()  # no rank tears its connections down while a peer still finishes its work
+        return status
     except RuntimeError as e:
         if info.distributed and is_comm_failure(e):
             raise _peer_failure(e, config, info) from None
@@ -316,6 +320,7 @@ class Trainer:
                    "lr_scheduler": self.scheduler, "grad_scaler": self.precision},
             flat_parts=(self.state, self.train_step),
             rank_parts={"data": LoaderState(self.loader, start.source, cfg.training.micro_batch_size()),
+                        "numerics": NumericsRecord(info.device, info.is_main, start.source),
                         "rng": RNGState()},
             record={"config": self.model_config.to_dict(), "run_config": cfg.to_dict()})
         self.checkpointer.restore(self._in_optimizer_order(start), opt.name, opt.learning_rate)
