@@ -82,7 +82,7 @@ def kept_steps(total: int, budgets: list[float]) -> list[int]:
 
 def pretrain(args, out: Path) -> dict:
     """The pretraining run (skipped when its last checkpoint exists): checkpoints at the budgets."""
-    from bertforge.logging import read_dllogger
+    from bertforge.runlog import read_dllogger
 
     d = out / "pretrain"
     ckdir = d / "checkpoints"

@@ -374,7 +374,7 @@ def steps_for_budget(startup: float, per_step: float, budget: float, margin: flo
 
 
 def calibrate_bertforge(args, work: Path) -> tuple[int, dict]:
-    from bertforge.logging import read_dllogger
+    from bertforge.runlog import read_dllogger
 
     out = work / "calibrate_bertforge"
     shutil.rmtree(out, ignore_errors=True)
