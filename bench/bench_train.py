@@ -40,7 +40,6 @@ from bertforge.config import ModelConfig  # noqa: E402
 from bertforge.model.bert import (  # noqa: E402
     BertForPreTraining,
     BertForQuestionAnswering,
-    pretraining_loss,
 )
 
 CASES = {
@@ -136,6 +135,7 @@ class Ours:
         from bertforge.optim import PolyWarmUpScheduler, build_optimizer
         from bertforge.precision import Precision
         from bertforge.train.loop import TrainStep
+        from bertforge.train.mlm import PretrainingLoss
 
         self.model = BertForPreTraining(cfg).train()
         self.model.load_state_dict(state_dict)
@@ -143,13 +143,8 @@ class Ours:
         opt = build_optimizer(self.model, "lamb", lr=6e-3, weight_decay=0.01)
         sched = PolyWarmUpScheduler(opt, warmup=0.2843, total_steps=7038)
         prec = Precision.from_flags(RUN["precision"] == "fp16", RUN["precision"] == "bf16", RUN["device"])
-        self.step_fn = TrainStep(self.model, opt, sched, prec)
-
-    @staticmethod
-    def loss_fn(model, b):
-        scores, nsp = model(b["input_ids"], b["token_type_ids"], b["attention_mask"],
-                            masked_lm_labels=b["masked_lm_labels"])
-        return pretraining_loss(scores, nsp, b["masked_lm_labels"], b["next_sentence_labels"])[0]
+        self.step_fn = TrainStep(self.model, opt, sched, prec)  # normalised over the global batch
+        self.loss_fn = PretrainingLoss()
 
     def step(self, batch) -> float:
         return self.step_fn.step([batch], self.loss_fn).loss

@@ -1,9 +1,9 @@
 """Training checkpoints: the file and its schema, the named stateful parts of a run, the resume rules.
 
 A pretraining checkpoint ``<output_dir>/ckpt_<N>.pt`` (``N`` = the global step, NVIDIA's naming;
-in phase 2, ``N = phase1_end_step + step``) is one torch file holding a dict, format 1::
+in phase 2, ``N = phase1_end_step + step``) is one torch file holding a dict, format 2::
 
-    format_version   1 (a file without it is format 0, upgraded when read)
+    format_version   2 (a file without it is format 0, upgraded when read)
     model            state_dict with HF/NVIDIA parameter names
     optimizer        optimizer.state_dict()
     lr_scheduler     scheduler.state_dict() (step count, base rates, warmup, total steps)
@@ -13,15 +13,17 @@ in phase 2, ``N = phase1_end_step + step``) is one torch file holding a dict, fo
     phase1_end_step  phase 1's last step (the offset of phase-2 numbers)  |
     global_step      N                                                   /
     skipped_steps    fp16 steps skipped on overflow (TrainStep's count)
-    data             per rank, in rank order: the data loader's position
+    data             the data loader's position in the global sample order (one for all ranks)
     rng              per rank: torch / numpy / python / cuda generator states
     numerics         per rank: what decides the kernels it ran (torch, CPU, threads, GEMM
                      backend, library variables; bertforge.train.numerics)
     config           the bert_config dict
     run_config       the run's PretrainConfig as plain values (for the record)
 
-Format 0 (no ``format_version``) held the same parts, with the flags under ``args`` instead
-of ``run_config``. :func:`read_training_checkpoint` upgrades every older format to the current
+Format 1 held one loader position per rank (a list in rank order, NVIDIA's rank-sharded
+order), which the loader still reads (it continues that order, with any number of ranks);
+format 0 (no ``format_version``) held the same parts as format 1, with the flags under
+``args`` instead of ``run_config``. :func:`read_training_checkpoint` upgrades every older format to the current
 one, so the rest of the code reads one schema.
 
 Each part is saved from, and restored into, an object with ``state_dict()`` /
@@ -69,7 +71,7 @@ __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "read_trainin
            "capture_rng_state", "restore_rng_state", "TrainState",
            "Checkpointer", "StartPoint", "plan_start", "new_phase_optimizer_state"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """The schema version :class:`Checkpointer` writes (see the module docstring)."""
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -169,7 +171,13 @@ def _upgrade_0_to_1(ck: dict) -> dict:
     return ck
 
 
-_UPGRADES = {0: _upgrade_0_to_1}
+def _upgrade_1_to_2(ck: dict) -> dict:
+    """Format 1: ``data`` one position per rank. Kept as it is: the loader turns it into a global
+    position itself (it needs the run's global batch to do so)."""
+    return ck
+
+
+_UPGRADES = {0: _upgrade_0_to_1, 1: _upgrade_1_to_2}
 """``_UPGRADES[v]`` turns a format-``v`` dict into format ``v + 1``."""
 
 
@@ -246,11 +254,11 @@ class Checkpointer:
         config: where and how often checkpoints are written, how many are kept.
         info: this process's rank layout; every rank calls :meth:`save` (it gathers the
             per-rank parts), rank 0 writes.
-        parts: ``key -> part`` saved under ``key`` (``model``, ``optimizer``,
-            ``lr_scheduler``, ``grad_scaler``).
+        parts: ``key -> part`` saved under ``key`` from rank 0 (``model``, ``optimizer``,
+            ``lr_scheduler``, ``grad_scaler``, ``data``: the same on every rank).
         flat_parts: parts whose ``state_dict`` keys are top-level keys (TrainState, the
             training step's ``skipped_steps``).
-        rank_parts: ``key -> part`` saved as a list over ranks (``data``, ``numerics``, ``rng``).
+        rank_parts: ``key -> part`` saved as a list over ranks (``numerics``, ``rng``).
         record: plain values written as they are (``config``, ``run_config``).
     """
 
@@ -292,8 +300,10 @@ class Checkpointer:
             self._load_optimizer(ck["optimizer"], start.source, optimizer_name)
             self._set_schedule_position(int(ck["lr_scheduler"]["last_epoch"]))
             self.parts["grad_scaler"].load_state_dict(ck["grad_scaler"])
+            if "data" in self.parts and ck.get("data") is not None:
+                self.parts["data"].load_state_dict(ck["data"])
             for key in sorted(self.rank_parts, key=lambda k: k == "rng"):
-                mine = self._this_rank(ck, key, start.source)
+                mine = self._this_rank(ck, key)
                 if mine is not None:
                     self.rank_parts[key].load_state_dict(mine)
         elif start.moments is not None:
@@ -314,17 +324,15 @@ class Checkpointer:
         scheduler = self.parts["lr_scheduler"]
         scheduler.load_state_dict({**scheduler.state_dict(), "last_epoch": step})
 
-    def _this_rank(self, ck: dict, key: str, source: str | None):
+    def _this_rank(self, ck: dict, key: str):
+        """This rank's entry of a per-rank part. Written by another number of ranks: the first
+        rank's numerics record (what the resume is compared with); no random streams (per-rank
+        streams cannot be remapped; fresh ones are fine)."""
         saved = ck.get(key)
-        if not isinstance(saved, list):
+        if not isinstance(saved, list) or not saved:
             return None
         if len(saved) != self.info.world_size:
-            if key == "rng":
-                return None  # per-rank dropout streams cannot be remapped; fresh ones are fine
-            if key == "numerics":
-                return saved[0] if saved else None  # compared with the first rank's record
-            raise CheckpointError(f"checkpoint {source} was written by {len(saved)} ranks; resume "
-                                  f"with the same number of processes (now {self.info.world_size})")
+            return saved[0] if key == "numerics" else None
         return saved[self.info.rank]
 
 

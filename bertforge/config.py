@@ -32,7 +32,7 @@ __all__ = [
     "ModelConfig", "BertConfig", "pad_vocab_size", "CPU_GEMM_BACKENDS",
     "DataConfig", "EvalConfig", "ModelSetupConfig", "OptimizerConfig", "TrainingConfig",
     "PrecisionConfig", "CheckpointConfig", "PhaseConfig", "LoggingConfig", "LaunchConfig",
-    "PretrainConfig", "FinetuneConfig",
+    "PretrainConfig", "FinetuneConfig", "LOSS_NORMALIZATIONS",
 ]
 
 
@@ -208,6 +208,18 @@ BertConfig = ModelConfig
 
 # == run configuration ==========================================================================
 
+LOSS_NORMALIZATIONS = ("global_batch", "micro_batch")
+"""--loss_normalization: each loss term summed over the whole global batch and divided by its
+count there (the same update however the batch is split into processes and micro-batches), or
+NVIDIA's mean per micro-batch; see bertforge.train.loop."""
+
+
+def _check_loss_normalization(value: str) -> None:
+    if value not in LOSS_NORMALIZATIONS:
+        raise ConfigError(f"--loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)}, "
+                          f"got {value!r}")
+
+
 CPU_GEMM_BACKENDS = ("onednn", "aten")
 """fp32 CPU matrix products: oneDNN's GEMM or PyTorch's own (MKL); see bertforge.model.gemm."""
 
@@ -298,8 +310,13 @@ class TrainingConfig:
     """--seed: weights, dropout and the data order derive from it."""
     do_train: bool = True
     """--do_train: train (False: only evaluate the initial weights on --eval_dir)."""
+    loss_normalization: str = "global_batch"
+    """--loss_normalization: 'global_batch' (MLM over every masked token of the global batch,
+    NSP over its sequences, in the global sample order) or 'micro_batch' (NVIDIA's mean per
+    micro-batch, in NVIDIA's rank-sharded order); see :data:`LOSS_NORMALIZATIONS`."""
 
     def __post_init__(self) -> None:
+        _check_loss_normalization(self.loss_normalization)
         if self.train_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"--train_batch_size {self.train_batch_size} is not divisible by "
                               f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
@@ -481,8 +498,13 @@ class FinetuneConfig:
     """--seed: the data order (and the new head's initial weights) derive from it."""
     log_freq: int = 50
     """--log_freq: log every N steps."""
+    loss_normalization: str = "global_batch"
+    """--loss_normalization: 'global_batch' (the mean over the examples of the whole global
+    batch, for any split into processes and micro-batches) or 'micro_batch' (NVIDIA's mean of
+    per-micro-batch means); see :data:`LOSS_NORMALIZATIONS`."""
 
     def __post_init__(self) -> None:
+        _check_loss_normalization(self.loss_normalization)
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.gradient_accumulation_steps < 1:

@@ -16,7 +16,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
         max_steps=int(args.max_steps), warmup_proportion=args.warmup_proportion,
         train_batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        seed=args.seed, log_freq=args.log_freq)
+        seed=args.seed, log_freq=args.log_freq, loss_normalization=args.loss_normalization)
 
 
 def finetune_runtime(args: argparse.Namespace, env: Environment) -> tuple[PrecisionConfig, LaunchConfig]:

@@ -23,6 +23,7 @@ from bertforge.cli.args import ArgumentParser
 from bertforge.cli.environment import read_environment
 from bertforge.cli.finetune_flags import finetune_config, finetune_runtime
 from bertforge.cli.nvidia import add_dry_run, argv_of, check_model_files, note
+from bertforge.config import LOSS_NORMALIZATIONS
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.distributed import rank0_output_lock, wrap_ddp
 from bertforge.errors import ConfigError, cli_entry
@@ -32,6 +33,7 @@ from bertforge.model.convert import load_task_model
 from bertforge.runlog import Logger
 from bertforge.tasks import glue
 from bertforge.train import finetune
+from bertforge.train.loop import SummedLoss
 
 __all__ = ["build_parser", "main"]
 
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--warmup_proportion", type=float, default=0.1)
     a("--seed", type=int, default=1)
     a("--gradient_accumulation_steps", type=int, default=1)
+    a("--loss_normalization", choices=LOSS_NORMALIZATIONS, default="global_batch",
+      help="global_batch (default): the loss is the mean over the examples of the whole global "
+           "batch (--train_batch_size x processes), the same update for any split into "
+           "processes and micro-batches; micro_batch: NVIDIA's mean of per-micro-batch means")
     a("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast + loss scaling (CUDA)")
     a("--bf16", action="store_true", help="bf16 autocast")
     a("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
@@ -113,13 +119,35 @@ def _remote_debugger(args) -> None:
     debugpy.wait_for_attach() if hasattr(debugpy, "wait_for_attach") else debugpy.wait_for_client()
 
 
-def _loss(task: glue.GlueTask):
-    def loss_fn(model, batch):
+class _Loss(SummedLoss):
+    """Cross-entropy (squared error for regression) over the examples: NVIDIA's mean per
+    micro-batch (``__call__``) or the sum (``sums``) for the mean over the global batch;
+    ``example_mask`` 0 (the loader's wrap-around padding) leaves an example out."""
+
+    def __init__(self, task: glue.GlueTask) -> None:
+        self.regression = task.is_regression
+
+    def __call__(self, model, batch):
         logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # [B, C]
-        if task.is_regression:
+        if self.regression:
             return torch.nn.functional.mse_loss(logits.float().view(-1), batch["labels"].float().view(-1))
         return torch.nn.functional.cross_entropy(logits.float(), batch["labels"].view(-1))
-    return loss_fn
+
+    def counts(self, batch) -> torch.Tensor:
+        return batch["example_mask"].float().sum().reshape(1)
+
+    def sums(self, model, batch) -> torch.Tensor:
+        logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # [B, C]
+        if self.regression:
+            per = (logits.float().view(-1) - batch["labels"].float().view(-1)) ** 2
+        else:
+            per = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].view(-1),
+                                                    reduction="none")
+        return (per * batch["example_mask"].float()).sum().reshape(1)
+
+
+def _loss(task: glue.GlueTask) -> _Loss:
+    return _Loss(task)
 
 
 def _forward(model, batch):

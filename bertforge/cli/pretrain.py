@@ -20,6 +20,7 @@ from bertforge.cli.args import ArgumentParser
 from bertforge.cli.environment import Environment, read_environment
 from bertforge.cli.nvidia import add_dry_run, argv_of, given, note, number
 from bertforge.config import (
+    LOSS_NORMALIZATIONS,
     CheckpointConfig,
     DataConfig,
     EvalConfig,
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default; --no-allreduce_post_accumulation all-reduces every micro-batch)")
     m.add_argument("--allreduce_post_accumulation_fp16", action="store_true",
                    help="all-reduce gradients in fp16 (half the traffic, fp16 rounding)")
+    o.add_argument("--loss_normalization", choices=LOSS_NORMALIZATIONS,
+                   default="global_batch",
+                   help="global_batch (default): MLM loss = sum over the masked tokens of the "
+                        "whole global batch / their number (NSP: over its sequences), the same "
+                        "update however the batch is split into processes and micro-batches; "
+                        "micro_batch: NVIDIA's mean per micro-batch, the rank-sharded sample "
+                        "order and per-rank dynamic masks (reproduces earlier bertforge runs)")
 
     c = p.add_argument_group("checkpoints and phases")
     c.add_argument("--resume_from_checkpoint", action="store_true",
@@ -215,7 +223,7 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> PretrainConf
             train_batch_size=args.train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             max_steps=args.max_steps, steps_this_run=args.steps_this_run, seed=args.seed,
-            do_train=args.do_train),
+            do_train=args.do_train, loss_normalization=args.loss_normalization),
         optimizer=OptimizerConfig(
             name=args.optimizer, learning_rate=args.learning_rate,
             warmup_proportion=args.warmup_proportion, weight_decay=args.weight_decay,

@@ -22,11 +22,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bertforge.cli.args import ArgumentParser
 from bertforge.cli.environment import read_environment
 from bertforge.cli.finetune_flags import finetune_config, finetune_runtime
 from bertforge.cli.nvidia import add_dry_run, argv_of, check_model_files, given, note
+from bertforge.config import LOSS_NORMALIZATIONS
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.distributed import rank0_output_lock, wrap_ddp
 from bertforge.errors import ConfigError, DataError, UserError, cli_entry
@@ -38,6 +40,7 @@ from bertforge.runlog import Logger
 from bertforge.tasks import squad
 from bertforge.tasks.squad_metrics import evaluate_v1, evaluate_v2, load_squad_json
 from bertforge.train import finetune
+from bertforge.train.loop import SummedLoss
 
 __all__ = ["build_parser", "main"]
 
@@ -73,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_answer_length", type=int, default=30, help="longest answer in tokens")
     a("--seed", type=int, default=42)
     a("--gradient_accumulation_steps", type=int, default=1)
+    a("--loss_normalization", choices=LOSS_NORMALIZATIONS, default="global_batch",
+      help="global_batch (default): the loss is the mean over the examples of the whole global "
+           "batch (--train_batch_size x processes), the same update for any split into "
+           "processes and micro-batches; micro_batch: NVIDIA's mean of per-micro-batch means")
     a("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased models)")
     a("--version_2_with_negative", action="store_true", help="SQuAD 2.0: questions may have no answer")
     a("--null_score_diff_threshold", type=float, default=0.0,
@@ -210,9 +217,40 @@ def _train_arrays(args, tokenizer, vocab_file: str, rt, logger) -> dict[str, np.
     return arrays
 
 
-def _qa_loss(model, batch):
-    start, end = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-    return squad.qa_loss(start, end, batch["start_positions"], batch["end_positions"])
+class _QALoss(SummedLoss):
+    """(start + end cross-entropy) / 2: NVIDIA's mean per micro-batch (``__call__``), or two
+    terms summed over the examples (``sums``) for the mean over the global batch. Positions
+    the mean ignores (>= the batch's width) are left out of the sums and counts alike;
+    ``example_mask`` 0 (the loader's wrap-around padding) leaves an example out. ``sums``
+    takes each softmax over the window's own tokens: NVIDIA's includes the padding
+    positions, whose number depends on the longest window of the micro-batch, so an
+    example's loss would depend on the split."""
+
+    def _valid(self, batch) -> torch.Tensor:  # [B, 2]: start, end position counted
+        width = batch["input_ids"].shape[1]
+        pos = torch.stack([batch["start_positions"], batch["end_positions"]], 1)
+        return (pos < width).float() * batch["example_mask"].float()[:, None]
+
+    def __call__(self, model, batch):
+        start, end = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        return squad.qa_loss(start, end, batch["start_positions"], batch["end_positions"])
+
+    def counts(self, batch) -> torch.Tensor:
+        return self._valid(batch).sum(0)
+
+    def sums(self, model, batch) -> torch.Tensor:
+        start, end = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        width = start.size(1)
+        pad = batch["attention_mask"] == 0  # exp(-1e4 - max) is exactly 0 in fp32
+        start, end = start.float().masked_fill(pad, -1e4), end.float().masked_fill(pad, -1e4)
+        per = torch.stack([  # [B, 2] per-example cross-entropies, 0 where ignored
+            torch.nn.functional.cross_entropy(logits.float(), pos.clamp(0, width), ignore_index=width,
+                                              reduction="none")
+            for logits, pos in ((start, batch["start_positions"]), (end, batch["end_positions"]))], 1)
+        return (per * self._valid(batch)).sum(0) / 2
+
+
+_qa_loss = _QALoss()
 
 
 def _qa_forward(model, batch):

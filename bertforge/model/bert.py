@@ -64,6 +64,7 @@ __all__ = [
     "BertPreTrainedModel",
     "pretraining_loss",
     "masked_rows",
+    "masked_lm_count",
     "IGNORE_INDEX",
 ]
 
@@ -599,14 +600,16 @@ class BertForPreTraining(BertPreTrainedModel):
 
 def pretraining_loss(prediction_scores: torch.Tensor, seq_relationship_score: torch.Tensor,
                      masked_lm_labels: torch.Tensor, next_sentence_labels: torch.Tensor | None,
-                     fused: bool = True):
+                     fused: bool = True, reduction: str = "mean"):
     """MLM + NSP cross-entropy, as NVIDIA's BertPretrainingCriterion.
 
     ``fused=False`` uses ``F.cross_entropy`` also where the fused CPU block would run.
 
     masked_lm_labels: [B, L] with -1 (or -100) where not masked; with [M, V] scores the
     labels are compacted in the same row-major order the model gathered them; with [B, P, V]
-    scores pass [B, P] labels (-1 at padding). Returns (total, mlm_loss, nsp_loss).
+    scores pass [B, P] labels (-1 at padding). Returns (total, mlm_loss, nsp_loss): means over
+    the masked tokens and the sequences (``reduction="mean"``) or sums (``"sum"``, for a
+    normalisation over a larger batch than this one).
     """
     labels = masked_lm_labels.long()
     if prediction_scores.dim() == 2:
@@ -616,13 +619,22 @@ def pretraining_loss(prediction_scores: torch.Tensor, seq_relationship_score: to
         prediction_scores = prediction_scores.reshape(-1, prediction_scores.shape[-1])
     if (fused and prediction_scores.requires_grad and torch.is_grad_enabled()
             and prediction_scores.device.type == "cpu"):
-        mlm = cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)
+        mlm = cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX,
+                            reduction=reduction)
     else:
-        mlm = F.cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX)
+        mlm = F.cross_entropy(prediction_scores.float(), labels, ignore_index=IGNORE_INDEX,
+                              reduction=reduction)
     if next_sentence_labels is None:
         return mlm, mlm, torch.zeros_like(mlm)
-    nsp = F.cross_entropy(seq_relationship_score.float().view(-1, 2), next_sentence_labels.long().view(-1))
+    nsp = F.cross_entropy(seq_relationship_score.float().view(-1, 2), next_sentence_labels.long().view(-1),
+                          reduction=reduction)
     return mlm + nsp, mlm, nsp
+
+
+def masked_lm_count(masked_lm_labels: torch.Tensor) -> torch.Tensor:
+    """Masked tokens in ``masked_lm_labels`` (labels >= 0; -1 and -100 mark the others): the
+    denominator of the MLM mean, known before the forward pass. A 0-dim long tensor."""
+    return (masked_lm_labels >= 0).sum()
 
 
 class BertForMaskedLM(BertPreTrainedModel):

@@ -102,18 +102,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
 
 
 class _CrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy over rows whose label is not ``ignore_index``; backward turns the saved
-    log-probabilities into dL/dlogits in place (no zero-filled one-hot gradient, no second
-    [N, V] buffer). The saved buffer is consumed: a second backward through the same graph
-    raises autograd's "modified by an inplace operation" error instead of a wrong gradient."""
+    """Cross-entropy over rows whose label is not ``ignore_index``, their mean (``reduction``
+    "mean") or sum ("sum"); backward turns the saved log-probabilities into dL/dlogits in place
+    (no zero-filled one-hot gradient, no second [N, V] buffer). The saved buffer is consumed: a
+    second backward through the same graph raises autograd's "modified by an inplace
+    operation" error instead of a wrong gradient."""
 
     @staticmethod
-    def forward(ctx, logits, labels, ignore_index):
+    def forward(ctx, logits, labels, ignore_index, reduction="mean"):
         logp = torch.log_softmax(logits, -1)  # [N, V]
         valid = labels != ignore_index
         target = labels.masked_fill(~valid, 0)[:, None]  # [N, 1]
-        count = valid.sum()
-        loss = -(logp.gather(1, target).squeeze(1) * valid).sum() / count
+        if reduction == "sum":
+            loss = -(logp.gather(1, target).squeeze(1) * valid).sum()
+            count = torch.ones((), dtype=torch.long, device=logits.device)
+        else:
+            count = valid.sum()
+            loss = -(logp.gather(1, target).squeeze(1) * valid).sum() / count
         ctx.save_for_backward(logp, target, valid, count)
         return loss
 
@@ -124,12 +129,16 @@ class _CrossEntropy(torch.autograd.Function):
         grad = logp.exp_()  # softmax
         grad.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad.dtype))  # - one-hot
         grad.mul_((valid * (g / count)).to(grad.dtype)[:, None])
-        return grad, None, None
+        return grad, None, None, None
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """``F.cross_entropy(logits, labels, ignore_index=ignore_index)`` (mean) for logits [N, V]."""
-    return _CrossEntropy.apply(logits, labels, ignore_index)
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                  reduction: str = "mean") -> torch.Tensor:
+    """``F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction=reduction)`` for
+    logits [N, V]; ``reduction`` "mean" or "sum"."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return _CrossEntropy.apply(logits, labels, ignore_index, reduction)
 
 
 class TiedGradient:

@@ -125,6 +125,10 @@ class BatchLoader:
     Like ``DistributedSampler``: the permutation depends only on (seed, epoch), the index
     list is padded (by wrapping) to a multiple of ``world_size`` and rank r takes every
     world_size-th index from r, so ranks see disjoint rows and the same number of steps.
+    Global batch s (the s-th batch of every rank) is then positions [s G, (s+1) G) of the
+    padded permutation, G = batch_size x world_size: the same examples for any split of G.
+    Each batch has ``example_mask`` [B] float: 0 marks a wrapped-around padding row, which the
+    global-batch normalisation leaves out (so the last global batch too is split-independent).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
@@ -140,20 +144,28 @@ class BatchLoader:
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
 
     def indices(self, epoch: int) -> np.ndarray:
+        return self._indices(epoch)[0]
+
+    def _indices(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's example indices and whether each is real (not wrap-around padding)."""
         idx = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
                else np.arange(self.n))
         total = math.ceil(self.n / self.world_size) * self.world_size
         idx = np.resize(idx, total)  # wraps around to pad
-        return idx[self.rank::self.world_size]
+        real = np.arange(total) < self.n
+        return idx[self.rank::self.world_size], real[self.rank::self.world_size]
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(self.n / self.world_size) / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        idx = self.indices(epoch)
+        idx, real = self._indices(epoch)
         for i in range(0, len(idx), self.batch_size):
-            sel = np.sort(idx[i:i + self.batch_size])  # sorted: contiguous reads, same set
-            yield {k: v[sel] for k, v in self.arrays.items()}
+            order = np.argsort(idx[i:i + self.batch_size], kind="stable")  # contiguous reads
+            sel = idx[i:i + self.batch_size][order]
+            batch = {k: v[sel] for k, v in self.arrays.items()}
+            batch["example_mask"] = real[i:i + self.batch_size][order].astype(np.float32)
+            yield batch
 
 
 def _split(batch: dict[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:
@@ -186,13 +198,16 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
     optimizer = build_optimizer(model, "bertadam", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = LinearWarmUpScheduler(optimizer, warmup=cfg.warmup_proportion, total_steps=total)
     stepper = TrainStep(model, optimizer, scheduler, precision,
-                        accumulation_steps=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm)
+                        accumulation_steps=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm,
+                        loss_normalization=cfg.loss_normalization)
     if logger is not None:
         logger.log("PARAMETER", {"training_examples": loader.n, "train_batch_size": cfg.train_batch_size,
                                  "steps": total, "world_size": world_size})
     model.train()
     step, seqs, last = 0, 0, float("nan")
-    loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    # this rank's shares of each step's global-batch loss, summed on the device (no sync per
+    # step); summed over ranks when read
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
     epoch = 0
     if on_step is not None:
@@ -203,11 +218,13 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
             result = stepper.step(micro, loss_fn)
             step += 1
             seqs += len(batch["input_ids"])
-            loss_sum += result.loss_tensor
+            loss_sum += result.share_tensor[0].double()
             if on_step is not None:
                 on_step(step)
             if step % cfg.log_freq == 0 or step == total:
-                last = result.loss  # reading the loss syncs: only every log_freq steps
+                # the global batch's loss (an all-reduce with several processes, and a sync:
+                # only every log_freq steps, on every rank)
+                last = float(stepper.global_sum(result.share_tensor[0].double()))
                 if logger is not None:
                     logger.log((epoch, step), {"step_loss": last,
                                                "learning_rate": optimizer.param_groups[0]["lr"]})
@@ -215,7 +232,8 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
                 break
         epoch += 1
     elapsed = time.perf_counter() - start
-    return TrainSummary(global_step=step, final_loss=last, average_loss=float(loss_sum) / max(step, 1),
+    return TrainSummary(global_step=step, final_loss=last,
+                        average_loss=float(stepper.global_sum(loss_sum)) / max(step, 1),
                         train_time_s=elapsed, sequences_per_second=seqs * world_size / max(elapsed, 1e-9),
                         skipped_steps=stepper.skipped_steps)
 

@@ -194,19 +194,17 @@ class _StopFlag:
 
 
 class _LogWindow:
-    """The optimizer steps since the last log line: their summed loss (on the device, so
-    adding one is no host sync) and how long they took."""
+    """The optimizer steps since the last log line: this rank's shares of their global-batch
+    losses, summed on the device (adding one is no host sync; the log line sums them over the
+    ranks), and how long they took."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.steps, self.t0 = 0, time.time()
 
     def add(self, result: StepResult) -> None:
-        self.loss += result.loss_tensor.double()
+        self.loss += result.share_tensor[0].double()
         self.steps += 1
-
-    def average_loss(self) -> float:
-        return float(self.loss) / max(self.steps, 1)
 
     def reset(self) -> float:
         """Start a new window; returns the seconds the old one took."""
@@ -306,25 +304,38 @@ class Trainer:
                               fp16_allreduce=cfg.launch.allreduce_post_accumulation_fp16)
         self.loss_fn = PretrainingLoss(dense_sequence_output=cfg.model.dense_sequence_output,
                                        fused=cfg.model.fused)
+        t = cfg.training
         self.train_step = TrainStep(self.model, self.optimizer, self.scheduler, self.precision,
-                                    accumulation_steps=cfg.training.gradient_accumulation_steps,
+                                    accumulation_steps=t.gradient_accumulation_steps,
                                     max_grad_norm=opt.max_grad_norm,
-                                    allreduce_post_accumulation=cfg.launch.allreduce_post_accumulation)
-        self.loader = make_loader(cfg.data.input_dir, cfg.data, cfg.training.micro_batch_size(), info,
-                                  seed=cfg.phase.data_seed(cfg.training.seed))
+                                    allreduce_post_accumulation=cfg.launch.allreduce_post_accumulation,
+                                    loss_normalization=t.loss_normalization)
+        self.loader = make_loader(cfg.data.input_dir, cfg.data, t.micro_batch_size(), info,
+                                  seed=cfg.phase.data_seed(t.seed),
+                                  accumulation_steps=t.gradient_accumulation_steps,
+                                  rank_order=self._rank_order())
         self.ctrl_group = control_group(info)  # the stop flag is agreed on over the CPU
         self.start = start
         self.checkpointer = Checkpointer(
             cfg.checkpoint, info,
             parts={"model": ModelState(self.model_core), "optimizer": self.optimizer,
-                   "lr_scheduler": self.scheduler, "grad_scaler": self.precision},
+                   "lr_scheduler": self.scheduler, "grad_scaler": self.precision,
+                   "data": LoaderState(self.loader, start.source)},  # one global position
             flat_parts=(self.state, self.train_step),
-            rank_parts={"data": LoaderState(self.loader, start.source, cfg.training.micro_batch_size()),
-                        "numerics": NumericsRecord(info.device, info.is_main, start.source),
+            rank_parts={"numerics": NumericsRecord(info.device, info.is_main, start.source),
                         "rng": RNGState()},
             record={"config": self.model_config.to_dict(), "run_config": cfg.to_dict()})
         self.checkpointer.restore(self._in_optimizer_order(start), opt.name, opt.learning_rate)
+        if start.exact and isinstance(start.checkpoint.get("data"), list) and info.is_main \
+                and not self._rank_order():
+            print(f"note: {start.source} was written before --loss_normalization existed (its run "
+                  "normalised the loss per micro-batch); this run continues it with global_batch, "
+                  "so its updates differ from the earlier code's: resume with --loss_normalization "
+                  "micro_batch and as many processes to continue it exactly", flush=True)
 
+    def _rank_order(self) -> bool:
+        """--loss_normalization micro_batch: NVIDIA's per-rank sample order and masks too."""
+        return self.cfg.training.loss_normalization == "micro_batch"
     def _in_optimizer_order(self, start: StartPoint) -> StartPoint:
         """NVIDIA's LAMB moments (by parameter name) as a state of this run's optimizer."""
         if start.moments_by_name is None:
@@ -421,15 +432,19 @@ class Trainer:
         return result
 
     def _log(self, logger: Logger, result: StepResult) -> None:
-        """The log line of the steps since the last one (NVIDIA's keys)."""
-        self.last_loss = result.loss  # host sync, once per log interval
-        avg = self.window.average_loss()
+        """The log line of the steps since the last one (NVIDIA's keys). The losses are the
+        global batch's: every rank's shares summed (one small all-reduce per line, on every
+        rank; a host sync, once per log interval)."""
+        vals = self.train_step.global_sum(torch.cat([
+            self.window.loss.reshape(1), result.share_tensor.double()])).tolist()
+        avg = vals[0] / max(self.window.steps, 1)
+        self.last_loss = vals[1]
         self._check_finite(avg)
         self._check_finite(self.last_loss)
         steps = self.window.steps
         seconds = self.window.reset()
         data = {"average_loss": avg, "step_loss": self.last_loss,
-                "mlm_loss": float(self.loss_fn.last_mlm), "nsp_loss": float(self.loss_fn.last_nsp),
+                **dict(zip(PretrainingLoss.terms, vals[2:], strict=False)),
                 "learning_rate": self.optimizer.param_groups[0]["lr"],
                 "grad_norm": result.grad_norm, "skipped_steps": self.train_step.skipped_steps,
                 "sequences_per_second": self._global_batch() * steps / max(seconds, 1e-9)}
@@ -439,10 +454,11 @@ class Trainer:
 
     def _evaluate(self, model) -> dict:
         return evaluate_mlm(model, self.cfg.eval, self.cfg.data, self.info, self.precision,
-                            self.cfg.eval_batch_size())
+                            self.cfg.eval_batch_size(), rank_order=self._rank_order())
 
     def _save(self, logger: Logger, result: StepResult) -> None:
-        self.last_loss = result.loss
+        # the global batch's loss of this step (every rank saves at the same step)
+        self.last_loss = float(self.train_step.global_sum(result.share_tensor[0].double()))
         self._check_finite(self.last_loss, weights=True)  # never save a NaN model
         path = self.checkpointer.save(self.state.global_step())
         if path is not None:
@@ -477,7 +493,9 @@ class Trainer:
             "train_batch_size": cfg.training.train_batch_size,
             "micro_batch_size": cfg.training.micro_batch_size(),
             "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
-            "global_batch_size": self._global_batch(), "learning_rate": cfg.optimizer.learning_rate,
+            "global_batch_size": self._global_batch(),
+            "loss_normalization": cfg.training.loss_normalization,
+            "learning_rate": cfg.optimizer.learning_rate,
             "max_steps": cfg.training.max_steps, "start_step": self.state.step,
             "start_from": self.start.source or "random init"})
 
@@ -534,25 +552,25 @@ class ModelState:
 
 
 class LoaderState:
-    """The data loader as a checkpoint part: the position of a run with other data flags is
-    refused in one line naming them."""
+    """The data loader as a checkpoint part: one global position, which any number of ranks
+    continues (the per-rank positions of format-1 checkpoints too); the position of a run with
+    another global batch or other data flags is refused in one line naming them."""
 
-    def __init__(self, loader, source: str | None, micro_batch: int) -> None:
-        self.loader, self.source, self.micro_batch = loader, source, micro_batch
+    def __init__(self, loader, source: str | None) -> None:
+        self.loader, self.source = loader, source
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict | list) -> None:
         from bertforge.data.loader import LoaderStateMismatch
 
         try:
             self.loader.load_state_dict(state)
         except LoaderStateMismatch as e:
-            what = {"batch_size": f"--train_batch_size / --gradient_accumulation_steps (micro-batches "
-                                  f"of {e.saved} sequences then, {self.micro_batch} now)",
+            what = {"global_batch_size": f"global batch (--train_batch_size x processes: {e.saved} "
+                                         f"sequences then, {e.current} now)",
                     "seed": f"--seed ({e.saved} then, {e.current} now)",
-                    "world_size": f"the number of processes ({e.saved} then, {e.current} now)",
                     }.get(e.key, f"--input_dir (other shards: {e.saved} then, {e.current} now)")
             raise CheckpointError(
                 f"checkpoint {self.source} was written by a run with another {what}; resume with "

@@ -71,25 +71,28 @@ def _patch_loss(faults: dict) -> None:
         def backward(ctx, g):
             return torch.full(ctx.shape, float("nan"), dtype=g.dtype)
 
-    orig = pretrain.PretrainingLoss.__call__
     count = [0]
 
-    def call(self, model, batch):
-        loss = orig(self, model, batch)
-        count[0] += 1
-        n = count[0]
-        if nan_spec and _mine(nan_spec) and n == int(nan_spec["call"]):
-            core = model.module if hasattr(model, "module") else model
-            emb = core.bert.embeddings.word_embeddings.weight
-            loss = loss + _NanGrad.apply(emb)
-        if inf_spec and _mine(inf_spec) and n == int(inf_spec["call"]):
-            loss = loss * float("inf")
-        if sig_spec and _mine(sig_spec) and n == int(sig_spec["call"]):
-            print(f"FAULT: {sig_spec['sig']} at micro-batch {n}", flush=True)
-            _die(getattr(signal, sig_spec["sig"]))
-        return loss
+    def wrap(orig):
+        # the loss of one micro-batch: __call__ (micro_batch normalisation) or sums (global)
+        def call(self, model, batch):
+            loss = orig(self, model, batch)
+            count[0] += 1
+            n = count[0]
+            if nan_spec and _mine(nan_spec) and n == int(nan_spec["call"]):
+                core = model.module if hasattr(model, "module") else model
+                emb = core.bert.embeddings.word_embeddings.weight
+                loss = loss + _NanGrad.apply(emb)
+            if inf_spec and _mine(inf_spec) and n == int(inf_spec["call"]):
+                loss = loss * float("inf")
+            if sig_spec and _mine(sig_spec) and n == int(sig_spec["call"]):
+                print(f"FAULT: {sig_spec['sig']} at micro-batch {n}", flush=True)
+                _die(getattr(signal, sig_spec["sig"]))
+            return loss
+        return call
 
-    pretrain.PretrainingLoss.__call__ = call
+    pretrain.PretrainingLoss.__call__ = wrap(pretrain.PretrainingLoss.__call__)
+    pretrain.PretrainingLoss.sums = wrap(pretrain.PretrainingLoss.sums)
 
 
 def _patch_writers(faults: dict) -> None:

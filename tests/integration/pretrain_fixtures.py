@@ -35,8 +35,9 @@ def write_nvidia_hdf5(path: Path, n: int, seq_len: int = 32, max_pred: int = 5,
 
     Sequences follow a learnable pattern (token i+1 = token i + 1 mod a small range), so a
     model can get better than chance at the masked positions. ``fixed_masks``: every
-    sequence has exactly ``max_pred`` masked tokens, so every micro-batch's mean MLM loss
-    weighs tokens equally (needed for exact equivalence of different micro-batch splits).
+    sequence has exactly ``max_pred`` masked tokens, so even NVIDIA's per-micro-batch mean
+    (``--loss_normalization micro_batch``) weighs tokens equally (the default normalisation
+    needs no such data: tests/integration/test_split_invariance.py uses real text).
     """
     rng = np.random.default_rng(seed)
     ids = np.zeros((n, seq_len), np.int32)

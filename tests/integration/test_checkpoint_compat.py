@@ -3,7 +3,9 @@
 tests/fixtures/checkpoint_v0 holds a phase-1 checkpoint of format 0 (before checkpoints carried
 a ``format_version``), written by an earlier commit (see its README), and the weights that
 commit's code reached from it: step 6 of the same phase-1 run, and step 5 of a phase 2 started
-from it. Today's code must reach the same weights, bit for bit.
+from it. Today's code must reach the same weights, bit for bit, with the loss normalised as
+that code did (``--loss_normalization micro_batch``; the default normalises over the global
+batch and says so when it continues such a checkpoint).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def out(tmp_path) -> Path:
 
 
 def test_format0_checkpoint_resumes_exactly(out):
-    _run(_flags(out))
+    _run(_flags(out, "--loss_normalization=micro_batch"))
     _assert_weights(out / "ckpt_6.pt", FIXTURE / "expected_phase1_step6.pt")
     ck = load_checkpoint(out / "ckpt_6.pt")
     assert (ck["phase"], ck["step"]) == (1, 6)
@@ -71,7 +73,14 @@ def test_format0_checkpoint_resumes_exactly(out):
 
 
 def test_format0_checkpoint_starts_phase2_exactly(out):
-    _run(_flags(out, "--phase2", "--max_steps=2", "--num_steps_per_checkpoint=2"))
+    _run(_flags(out, "--phase2", "--max_steps=2", "--num_steps_per_checkpoint=2",
+                "--loss_normalization=micro_batch"))
     _assert_weights(out / "ckpt_5.pt", FIXTURE / "expected_phase2_step5.pt")
     ck = load_checkpoint(out / "ckpt_5.pt")
     assert (ck["phase"], ck["step"], ck["phase1_end_step"]) == (2, 2, 3)
+
+
+def test_format0_checkpoint_continued_with_the_default_normalisation_says_so(out, capsys):
+    _run(_flags(out, "--max_steps=4"))
+    assert "was written before --loss_normalization existed" in capsys.readouterr().out
+    assert load_checkpoint(out / "ckpt_4.pt")["data"]["version"] == 2  # one global position now

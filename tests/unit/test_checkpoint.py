@@ -151,7 +151,7 @@ def _run_parts(seed=0):
     sched = PolyWarmUpScheduler(opt, warmup=0.25, total_steps=8)
     # fp16 is CUDA-only for users; the scaler's state is checked with a CPU GradScaler
     prec = Precision("fp16", torch.device("cpu"), torch.amp.GradScaler("cpu", init_scale=2.0**8))
-    step = TrainStep(model, opt, sched, prec)
+    step = TrainStep(model, opt, sched, prec, loss_normalization="micro_batch")  # plain mean losses
     return model, opt, sched, prec, step
 
 
@@ -163,8 +163,8 @@ def _checkpointer(tmp_path, model, opt, sched, prec, step, state, loader):
 
     return Checkpointer(CheckpointConfig(str(tmp_path)), DistInfo(0, 0, 1, torch.device("cpu")),
                         parts={"model": ModelState(model), "optimizer": opt, "lr_scheduler": sched,
-                               "grad_scaler": prec},
-                        flat_parts=(state, step), rank_parts={"data": loader, "rng": RNGState()},
+                               "grad_scaler": prec, "data": loader},
+                        flat_parts=(state, step), rank_parts={"rng": RNGState()},
                         record={"run_config": {"note": "test"}})
 
 

@@ -14,7 +14,7 @@ import torch
 
 from bertforge.data.hdf5 import write_hdf5_shard
 from bertforge.data.instances import InstanceSet
-from bertforge.data.loader import PretrainingDataLoader, discover_shards
+from bertforge.data.loader import LoaderStateMismatch, PretrainingDataLoader, discover_shards
 from bertforge.errors import DataError
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(995)]
@@ -52,7 +52,9 @@ def h5dir(tmp_path):
 
 
 def sample_ids(batch) -> list[int]:
-    return (batch["input_ids"][:, 1] - 5).tolist()
+    tok = batch["input_ids"][:, 1]
+    lab = batch["masked_lm_labels"][:, 1]  # dynamic masking may have masked the id itself
+    return (torch.where(lab != -1, lab, tok) - 5).tolist()
 
 
 def take(loader, k):
@@ -225,3 +227,93 @@ def test_corrupt_shard_names_the_file(h5dir):
         PretrainingDataLoader(h5dir, batch_size=8, masking="dynamic")
     with pytest.raises(DataError, match="does not exist"):
         PretrainingDataLoader([str(h5dir / "nope.hdf5")], batch_size=8)
+
+
+# -- one global order, however it is split (issue 20) ------------------------------------------
+def _global_steps(d, world: int, accum: int, steps: int, **kw) -> list[dict[int, tuple]]:
+    """For each optimizer step: {sample id: (input_ids, labels)} over every rank and micro-batch."""
+    G = 16
+    out = [dict() for _ in range(steps)]
+    for r in range(world):
+        ld = PretrainingDataLoader(d, batch_size=G // world // accum, accumulation_steps=accum,
+                                   rank=r, world_size=world, **kw)
+        batches = take(ld, steps * accum)
+        for s in range(steps):
+            for b in batches[s * accum:(s + 1) * accum]:
+                for i, sid in enumerate(sample_ids(b)):
+                    n = int(b["attention_mask"][i].sum())
+                    assert sid not in out[s]
+                    out[s][sid] = (tuple(b["input_ids"][i, :n].tolist()),
+                                   tuple(b["masked_lm_labels"][i, :n].tolist()))
+    return out
+
+
+@pytest.mark.parametrize("masking", ["static", "dynamic"])
+def test_every_global_batch_is_the_same_whatever_the_split(h5dir, masking):
+    kw = dict(seed=4, masking=masking, vocab_file=str(h5dir.parent / "vocab.txt"))
+    ref = _global_steps(h5dir, 1, 4, 30, **kw)  # > 1 epoch (24 steps of 16)
+    assert all(len(s) == 16 for s in ref)
+    for world, accum in ((2, 2), (4, 1), (8, 2), (2, 1)):
+        assert _global_steps(h5dir, world, accum, 30, **kw) == ref, (world, accum)
+
+
+def test_each_rank_reads_only_its_share_of_the_shards(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for s in range(8):
+        write_hdf5_shard(d / f"training_shard_{s}.hdf5", synthetic_set(100 * s, 40))
+    total = 8 * 40
+    for world in (1, 2, 4, 8):
+        for r in range(world):
+            ld = PretrainingDataLoader(d, batch_size=16 // world, rank=r, world_size=world, seed=1)
+            assert ld.lanes == 8
+            take(ld, 40 // 2)  # one epoch: 40 rows per lane, 2 per step
+            assert ld.rows_read == total // world, (world, r)
+            assert len(ld._files) <= 8 // world  # one shard per lane in memory
+
+
+def test_position_resumes_with_another_split(h5dir):
+    kw = dict(seed=6, masking="dynamic", vocab_file=str(h5dir.parent / "vocab.txt"))
+    ref = _global_steps(h5dir, 1, 1, 12, **kw)
+    ld = PretrainingDataLoader(h5dir, batch_size=4, accumulation_steps=2, rank=1, world_size=2, **kw)
+    take(ld, 5 * 2)
+    state = json.loads(json.dumps(ld.state_dict()))
+    assert state["version"] == 2 and state["step"] == 5 and state["lanes"] == 4
+    rest = [dict() for _ in range(7)]
+    for r in range(4):  # 4 ranks x 1 micro-batch of 4 continue the same global batches
+        fresh = PretrainingDataLoader(h5dir, batch_size=4, rank=r, world_size=4, **kw)
+        fresh.load_state_dict(state)
+        for s, b in enumerate(take(fresh, 7)):
+            for i, sid in enumerate(sample_ids(b)):
+                n = int(b["attention_mask"][i].sum())
+                rest[s][sid] = (tuple(b["input_ids"][i, :n].tolist()),
+                                tuple(b["masked_lm_labels"][i, :n].tolist()))
+    assert rest == ref[5:]
+    other = PretrainingDataLoader(h5dir, batch_size=4, world_size=2, **kw)  # global batch 8
+    with pytest.raises(LoaderStateMismatch, match="global_batch_size"):
+        other.load_state_dict(state)
+
+
+def test_per_rank_positions_of_older_checkpoints_continue_in_their_order(h5dir):
+    """Version-1 states (one per rank, rank-sharded order) load as K = their ranks, for any W."""
+    kw = dict(seed=2)
+    lanes2 = [PretrainingDataLoader(h5dir, batch_size=4, rank=r, world_size=2, lanes=2, **kw)
+              for r in range(2)]
+    ref = [take(ld, 9) for ld in lanes2]
+    names = [p.rsplit("/", 1)[1] for p in discover_shards(h5dir)]
+    v1 = [{"version": 1, "epoch": 0, "step": 4, "taken": [16], "seed": 2, "rank": r, "world_size": 2,
+           "batch_size": 4, "num_files": 4, "bins": [{"bin": None, "taken": 16, "order": names}]}
+          for r in range(2)]
+    for world in (2, 1):
+        got = []
+        for r in range(world):
+            ld = PretrainingDataLoader(h5dir, batch_size=8 // world, rank=r, world_size=world, **kw)
+            ld.load_state_dict(v1)
+            assert ld.lanes == 2 and ld.state_dict()["step"] == 4
+            got.append(take(ld, 5))
+        if world == 2:
+            assert all(same(got[r], ref[r][4:]) for r in range(2))
+        else:  # one process: its batch is rank 0's rows then rank 1's
+            want = [torch.cat([ref[0][s]["input_ids"][:, :8], ref[1][s]["input_ids"][:, :8]])
+                    for s in range(4, 9)]
+            assert all(torch.equal(g["input_ids"][:, :8], w) for g, w in zip(got[0], want, strict=True))

@@ -8,7 +8,7 @@ import torch
 from bertforge.errors import ConfigError
 from bertforge.optim import PolyWarmUpScheduler, build_optimizer
 from bertforge.precision import Precision
-from bertforge.train.loop import StepResult, TrainStep
+from bertforge.train.loop import StepResult, SummedLoss, TrainStep
 
 
 def _toy(seed=0):
@@ -17,8 +17,20 @@ def _toy(seed=0):
                                torch.nn.Linear(16, 1))
 
 
-def _loss(model, batch):
-    return torch.nn.functional.mse_loss(model(batch["x"]).squeeze(-1), batch["y"])
+class _MSE(SummedLoss):
+    """Squared error summed over the rows whose ``w`` is 1 (all rows without ``w``)."""
+
+    def _w(self, batch):
+        return batch.get("w", torch.ones_like(batch["y"]))
+
+    def counts(self, batch):
+        return self._w(batch).sum().reshape(1)
+
+    def sums(self, model, batch):
+        return ((model(batch["x"]).squeeze(-1) - batch["y"]) ** 2 * self._w(batch)).sum().reshape(1)
+
+
+_loss = _MSE()
 
 
 def _data(n, seed=1):
@@ -26,8 +38,9 @@ def _data(n, seed=1):
     return {"x": torch.randn(n, 8, generator=g), "y": torch.randn(n, generator=g) * 3}
 
 
+@pytest.mark.parametrize("norm", ["global_batch", "micro_batch"])
 @pytest.mark.parametrize("opt_name", ["lamb", "adamw", "bertadam"])
-def test_accumulation_equals_one_big_batch(opt_name):
+def test_accumulation_equals_one_big_batch(opt_name, norm):
     data = _data(8)
     results = []
     for accum in (1, 4):
@@ -35,7 +48,7 @@ def test_accumulation_equals_one_big_batch(opt_name):
         opt = build_optimizer(model, opt_name, lr=0.05)
         sched = PolyWarmUpScheduler(opt, warmup=0.0, total_steps=10)
         ts = TrainStep(model, opt, sched, Precision.from_flags(False, False, "cpu"),
-                       accumulation_steps=accum, max_grad_norm=1.0)
+                       accumulation_steps=accum, max_grad_norm=1.0, loss_normalization=norm)
         micro = [{k: v[i * (8 // accum):(i + 1) * (8 // accum)]
                   for k, v in data.items()} for i in range(accum)]
         for _ in range(3):
@@ -46,6 +59,40 @@ def test_accumulation_equals_one_big_batch(opt_name):
     # Adam-type updates magnify float reassociation of near-zero gradients: lr 0.05 x 3 steps
     for a, b in zip(p1, p4, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=2e-5), (a - b).abs().max()
+
+
+def _grads_after(micro, norm, loss_fn=_loss):
+    model = _toy()
+    opt = build_optimizer(model, "adamw", lr=0.0)
+    seen = {}
+    orig = opt.step
+
+    def spy(*a, **k):
+        seen["g"] = [p.grad.clone() for p in model.parameters()]
+        return orig(*a, **k)
+
+    opt.step = spy
+    ts = TrainStep(model, opt, None, Precision.from_flags(False, False, "cpu"),
+                   accumulation_steps=len(micro), max_grad_norm=0.0, loss_normalization=norm)
+    r = ts.step(micro, loss_fn)
+    return r, seen["g"]
+
+
+def test_global_normalisation_weighs_every_item_alike_however_split():
+    """Micro-batches with different numbers of counted items (like masked tokens): the global
+    normalisation gives the one-batch gradient, the micro-batch mean does not."""
+    data = _data(8)
+    data["w"] = torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1])  # 1 counted item, then 4
+    halves = [{k: v[:4] for k, v in data.items()}, {k: v[4:] for k, v in data.items()}]
+    r1, g1 = _grads_after([data], "global_batch")
+    r2, g2 = _grads_after(halves, "global_batch")
+    assert r2.loss == pytest.approx(r1.loss, rel=1e-6)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    _, gm = _grads_after(halves, "micro_batch")
+    assert max(float((a - b).norm() / a.norm()) for a, b in zip(g1, gm, strict=True)) > 0.1
+    with pytest.raises(TypeError, match="needs a SummedLoss"):
+        _grads_after([data], "global_batch", loss_fn=lambda m, b: _loss(m, b))
 
 
 def test_clipping_caps_the_update_and_reports_the_unclipped_norm():
@@ -181,3 +228,27 @@ def test_linear_decay_ends_at_positive_zero():
     end = warmup_linear(1.0, 0.1)
     assert end == 0.0 and math.copysign(1.0, end) == 1.0
     assert warmup_linear(1.5, 0.1) == 0.0
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_pretraining_loss_sums_over_counts_equal_the_mean(dense):
+    """counts() from the labels alone, sums() / counts() == NVIDIA's mean, same gradients."""
+    from bertforge.train.pretrain import PretrainingLoss
+
+    batch = _mlm_batch()
+    loss_fn = PretrainingLoss(dense_sequence_output=dense)
+    assert loss_fn.counts(batch).tolist() == [4.0, 3.0]  # masked tokens, sequences
+    grads = []
+    for how in ("mean", "sums"):
+        model = _micro_bert()
+        if how == "mean":
+            loss = loss_fn(model, batch)
+        else:
+            loss = (loss_fn.sums(model, batch) / loss_fn.counts(batch)).sum()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (l0, g0), (l1, g1) = grads
+    assert torch.allclose(l0, l1, rtol=1e-6)
+    assert torch.allclose(loss_fn.last_parts.sum(), l0, rtol=1e-6)
+    for a, b in zip(g0, g1, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)

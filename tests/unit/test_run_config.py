@@ -35,7 +35,7 @@ CHANGED = {
     "--tensorboard_dir": "tb", "--disable_progress_bar": None, "--local_rank": "1",
     "--local-rank": "1", "--dist_timeout": "60", "--device": "cpu", "--loss_scale": "128",
     "--tf32": None, "--disable_jit_fusions": None, "--cuda_graphs": None, "--profile": None,
-    "--profile-start": "3", "--profile_start": "3",
+    "--profile-start": "3", "--profile_start": "3", "--loss_normalization": "micro_batch",
 }
 NEEDS = {"--resume_step": ["--resume_from_checkpoint"], "--resume_phase2": ["--phase2"]}
 # NVIDIA's flags that cannot act here: each prints one note line instead (bertforge.cli.nvidia);
