@@ -249,3 +249,31 @@ def test_warmup_updates_is_nvidias_2020_name(env: dict) -> None:
     proc, calls = run(env, WARMUP_UPDATES="0.1", WARMUP_PROPORTION="0.3")
     assert flags(srun_calls(calls)[0])["--warmup_proportion"] == "0.3"
     assert "WARMUP_PROPORTION=0.3 wins over legacy WARMUP_UPDATES=0.1" in proc.stderr
+
+
+def test_global_batch_size_holds_for_any_task_count(env: dict) -> None:
+    """GLOBAL_BATCH_SIZE: the per-task batch and the accumulation follow the job's task count
+    (a requeue onto other nodes), the micro-batch TRAIN_BATCH_SIZE / GRADIENT_ACCUMULATION_STEPS
+    stays; without it TRAIN_BATCH_SIZE is per task whatever the count."""
+    env = {**env, "DATADIR": str(shards(Path(env["SLURM_SUBMIT_DIR"]) / "p1"))}
+    for nodes, per_node, batch, accum in (("2", "8(x2)", "4096", "16"), ("1", "8", "8192", "32"),
+                                          ("1", "2", "32768", "128")):
+        proc, calls = run(env, GLOBAL_BATCH_SIZE="65536", SLURM_JOB_NUM_NODES=nodes,
+                          SLURM_NTASKS_PER_NODE=per_node)
+        assert proc.returncode == 0, proc.stderr
+        f = flags(srun_calls(calls)[0])
+        assert (f["--train_batch_size"], f["--gradient_accumulation_steps"]) == (batch, accum), nodes
+        assert f"GLOBAL_BATCH_SIZE=65536 TRAIN_BATCH_SIZE={batch} " in proc.stderr
+    proc, calls = run(env, SLURM_JOB_NUM_NODES="1", SLURM_NTASKS_PER_NODE="2")
+    assert flags(srun_calls(calls)[0])["--train_batch_size"] == "8192"
+    # requeued after `scontrol update NumTasks=1 TasksPerNode=1`: Slurm sets the job's new
+    # SLURM_TASKS_PER_NODE, the environment sbatch stored keeps SLURM_NTASKS_PER_NODE=2
+    proc, calls = run(env, GLOBAL_BATCH_SIZE="65536", SLURM_JOB_NUM_NODES="1", SLURM_NTASKS_PER_NODE="2",
+                      SLURM_NTASKS="2", SLURM_TASKS_PER_NODE="1", SLURM_RESTART_COUNT="1")
+    f = flags(srun_calls(calls)[0])
+    assert (f["--ntasks"], f["--ntasks-per-node"], f["--train_batch_size"]) == ("1", "1", "65536")
+    for bad, message in (("1000", "GLOBAL_BATCH_SIZE=1000 is not a multiple of 16 task(s) x micro-batch 256"),
+                         ("0", "GLOBAL_BATCH_SIZE must be positive")):
+        proc, calls = run(env, GLOBAL_BATCH_SIZE=bad)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not srun_calls(calls)
