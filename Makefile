@@ -93,6 +93,7 @@ bench: install
 	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_data.py --write docs/benchmarks.md
 	BERTFORGE_REAL_DATA=$${BERTFORGE_REAL_DATA:-../shared/data} $(PY) bench/bench_train.py --data $(BENCH_DATA) \
 		--repeats 7 --distinct_batches 7 --write docs/benchmarks.md
+	$(PY) bench/bench_loader.py --data $(BENCH_DATA) --write docs/benchmarks.md
 
 # Model quality (docs/benchmarks.md, sections bench_quality and bench_downstream), from the Wikipedia
 # sample's phase-1 shards made with Google's uncased vocab in $(QUALITY_DATA) (once, ~1 min).
