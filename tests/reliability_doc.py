@@ -60,7 +60,7 @@ def counts() -> dict[str, int]:
     funcs, tests = fault_tests()
     flags = sum(len(fuzz.flags_of(importlib.import_module(m).build_parser())) for _, _, m in fuzz.CLIS.values())
     return {"bad_inputs": len(bad.CASES), "bad_input_clis": len({c for c, _, _ in bad.CASES.values()}),
-            "fault_functions": funcs, "fault_tests": tests, "fuzz_invocations": int(fuzz.N),
+            "fault_functions": funcs, "fault_tests": tests, "fuzz_invocations": fuzz.n_invocations(),
             "fuzz_clis": len(fuzz.CLIS), "fuzz_flags": flags}
 
 

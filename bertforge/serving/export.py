@@ -153,9 +153,10 @@ def export_onnx(model: nn.Module, path: str | Path, exported: ExportedModel, *, 
     for t in exported.outputs:
         axes[t.name] = {0: "batch", 1: "sequence"} if t.dims == (-1,) else {0: "batch"}
     with _quiet_tracing(), torch.inference_mode():
-        torch.onnx.export(wrapper, example, str(path), dynamo=False, input_names=names_in,
-                          output_names=names_out, dynamic_axes=axes, opset_version=opset,
-                          do_constant_folding=True)
+        with open(path, "wb") as fh:  # any bytes in the path (see export_torchscript)
+            torch.onnx.export(wrapper, example, fh, dynamo=False, input_names=names_in,
+                              output_names=names_out, dynamic_axes=axes, opset_version=opset,
+                              do_constant_folding=True)
 
 
 def export_torchscript(model: nn.Module, path: str | Path, exported: ExportedModel, *,
@@ -166,7 +167,10 @@ def export_torchscript(model: nn.Module, path: str | Path, exported: ExportedMod
     in_dtype = torch.int32 if exported.inputs[0].dtype == "int32" else torch.int64
     with _quiet_tracing(), torch.inference_mode():
         traced = torch.jit.trace(wrapper, _example(model.config, in_dtype, device), check_trace=False)
-        torch.jit.save(traced, str(path))
+    # through a file object: TorchScript's own writer takes only a str that encodes as UTF-8,
+    # and a path may hold any bytes
+    with open(path, "wb") as fh:
+        torch.jit.save(traced, fh)
 
 
 # --------------------------------------------------------------------------- checks
@@ -227,11 +231,12 @@ def _runner(fmt: str, path: Path, exported: ExportedModel, device: torch.device)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(Path(path).read_bytes(), providers=providers)  # any path bytes
         names = [t.name for t in exported.inputs]
         return lambda b: session.run(None, {n: np.ascontiguousarray(a, dtype=dtype) for n, a in zip(names, b, strict=True)})
     with _quiet_tracing():
-        module = torch.jit.load(str(path), map_location=device).eval()
+        with open(path, "rb") as fh:  # any bytes in the path (see export_torchscript)
+            module = torch.jit.load(fh, map_location=device).eval()
 
     def run(b):
         with torch.inference_mode():

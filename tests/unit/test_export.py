@@ -190,3 +190,12 @@ def test_cli_exports_a_checkpoint_and_fails_in_one_line(tmp_path, capsys, window
         ex.main(["--init_checkpoint", str(pre), "--output_dir", str(tmp_path / "o3")])
     assert e.value.code == 2 and "qa_outputs" in capsys.readouterr().err
     assert not (tmp_path / "o3" / "model.onnx").exists()
+
+
+def test_torchscript_to_a_folder_whose_name_is_not_utf8(tmp_path, windows):
+    """A path may hold any bytes (the fuzz test found a traceback from TorchScript's writer,
+    which takes only a str that encodes as UTF-8)."""
+    out = tmp_path / "x\udcff"  # the byte 0xff, as os.fsdecode gives it
+    manifest = ex.export_model(_qa_model(), out, task="qa", check_inputs=windows, log=lambda *_: None)
+    assert {m.format for m in manifest.models} == {"onnx", "torchscript"}
+    assert (out / "model.pt").is_file() and (out / "model.onnx").is_file()
