@@ -29,7 +29,7 @@ from typing import Any
 from bertforge.errors import ConfigError
 
 __all__ = [
-    "ModelConfig", "BertConfig", "pad_vocab_size", "CPU_GEMM_BACKENDS",
+    "ModelConfig", "BertConfig", "pad_vocab_size", "CPU_GEMM_BACKENDS", "CPU_GEMM_POLICIES",
     "DataConfig", "EvalConfig", "ModelSetupConfig", "OptimizerConfig", "TrainingConfig",
     "PrecisionConfig", "CheckpointConfig", "PhaseConfig", "LoggingConfig", "LaunchConfig",
     "PretrainConfig", "FinetuneConfig", "LOSS_NORMALIZATIONS",
@@ -222,6 +222,8 @@ def _check_loss_normalization(value: str) -> None:
 
 CPU_GEMM_BACKENDS = ("onednn", "aten")
 """fp32 CPU matrix products: oneDNN's GEMM or PyTorch's own (MKL); see bertforge.model.gemm."""
+CPU_GEMM_POLICIES = ("auto", *CPU_GEMM_BACKENDS)
+"""``auto``: the faster backend on this machine, measured once and cached (bertforge.model.gemm)."""
 
 
 @dataclass(frozen=True)
@@ -352,12 +354,14 @@ class PrecisionConfig:
     scale (overflowing steps are still skipped)."""
     tf32: bool = False
     """--tf32: TF32 tensor-core math for fp32 matmuls and convolutions (CUDA, Ampere or newer)."""
-    cpu_gemm: str = "onednn"
-    """fp32 CPU matrix products: 'onednn' or 'aten' (environment: BERTFORGE_CPU_GEMM)."""
+    cpu_gemm: str = "auto"
+    """fp32 CPU matrix products: 'auto' (the faster of oneDNN and MKL on this machine, measured
+    once and cached; on resume the checkpoint's), 'onednn' or 'aten' (--cpu_gemm, else the
+    environment's BERTFORGE_CPU_GEMM)."""
 
     def __post_init__(self) -> None:
-        if self.cpu_gemm not in CPU_GEMM_BACKENDS:
-            raise ConfigError(f"cpu_gemm {self.cpu_gemm!r}: expected one of {', '.join(CPU_GEMM_BACKENDS)}")
+        if self.cpu_gemm not in CPU_GEMM_POLICIES:
+            raise ConfigError(f"cpu_gemm {self.cpu_gemm!r}: expected one of {', '.join(CPU_GEMM_POLICIES)}")
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,16 @@ def record_figure():
             Path(d).mkdir(parents=True, exist_ok=True)
             (Path(d) / f"{name}.json").write_text(json.dumps(values, indent=1))
     return record
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """A fresh $XDG_CACHE_HOME for the session (and the CLIs it starts): the CPU GEMM choice
+    (bertforge.model.gemm) is measured once here instead of read from the user's cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bertforge.cli.environment import Environment
+from bertforge.cli.environment import Environment, cpu_gemm_policy
 from bertforge.config import FinetuneConfig, LaunchConfig, PrecisionConfig
 
 __all__ = ["finetune_config", "finetune_runtime"]
@@ -21,9 +21,9 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def finetune_runtime(args: argparse.Namespace, env: Environment) -> tuple[PrecisionConfig, LaunchConfig]:
     """Precision and launch settings from ``--fp16``/``--amp``, ``--bf16``, ``--loss_scale``,
-    ``--tf32``, ``--no_cuda``, ``--local_rank`` and the environment."""
+    ``--tf32``, ``--cpu_gemm``, ``--no_cuda``, ``--local_rank`` and the environment."""
     precision = PrecisionConfig(fp16=args.fp16, bf16=args.bf16, loss_scale=args.loss_scale,
-                                tf32=args.tf32, cpu_gemm=env.cpu_gemm)
+                                tf32=args.tf32, cpu_gemm=cpu_gemm_policy(args.cpu_gemm, env))
     launch = LaunchConfig(local_rank=args.local_rank, device="cpu" if args.no_cuda else None,
                           **({"dist_timeout": env.dist_timeout} if env.dist_timeout else {}))
     return precision, launch

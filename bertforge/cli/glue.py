@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bertforge.cli.args import ArgumentParser
-from bertforge.cli.environment import read_environment
+from bertforge.cli.environment import add_cpu_gemm_flag, read_environment
 from bertforge.cli.finetune_flags import finetune_config, finetune_runtime
 from bertforge.cli.nvidia import add_dry_run, argv_of, check_model_files, note
 from bertforge.config import LOSS_NORMALIZATIONS
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fp16", "--amp", dest="fp16", action="store_true", help="fp16 autocast + loss scaling (CUDA)")
     a("--bf16", action="store_true", help="bf16 autocast")
     a("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    add_cpu_gemm_flag(a)
     a("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", -1)))
     a("--log_freq", type=int, default=50)
     a("--json-summary", dest="json_summary", default=None,

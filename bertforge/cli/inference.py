@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bertforge.cli.args import ArgumentParser
-from bertforge.cli.environment import read_environment, use_cpu_gemm
+from bertforge.cli.environment import add_cpu_gemm_flag, read_environment, use_cpu_gemm
 from bertforge.cli.nvidia import add_dry_run, argv_of, check_model_files, given, note
 from bertforge.data.tokenization import find_vocab, load_tokenizer, lower_case
 from bertforge.errors import ConfigError, DataError, cli_entry
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--null_score_diff_threshold", type=float, default=-11.0,
       help="with --can_give_negative_answer: answer '' when null score - best span score exceeds this")
     a("--no_gpu", "--no_cuda", dest="no_gpu", action="store_true", help="run on the CPU even when CUDA is available")
+    add_cpu_gemm_flag(a)
     a("--fp16", action="store_true", help="fp16 autocast (CUDA)")
     a("--bf16", action="store_true", help="bf16 autocast")
     a("--seed", type=int, default=1, help="torch seed (inference is deterministic; kept for NVIDIA's flag)")
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         n = len(read_batch(args.json_file)) if args.json_file else 1
         print(f"dry run: {n} question(s) for {args.init_checkpoint}: flags and inputs OK", flush=True)
         return []
-    use_cpu_gemm(read_environment())
+    use_cpu_gemm(read_environment(), args.cpu_gemm)
     torch.manual_seed(args.seed)
     items = read_batch(args.json_file) if args.json_file else \
         [{"id": "0", "question": args.question, "context": args.context}]

@@ -17,7 +17,12 @@ from __future__ import annotations
 import argparse
 
 from bertforge.cli.args import ArgumentParser
-from bertforge.cli.environment import Environment, read_environment
+from bertforge.cli.environment import (
+    Environment,
+    add_cpu_gemm_flag,
+    cpu_gemm_policy,
+    read_environment,
+)
 from bertforge.cli.nvidia import add_dry_run, argv_of, given, note, number
 from bertforge.config import (
     LOSS_NORMALIZATIONS,
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $BERTFORGE_DIST_TIMEOUT, else 1800)")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="force the device (default: CUDA when available)")
+    add_cpu_gemm_flag(g.add_argument)
     g.add_argument("--use_env", action="store_true",
                    help="NVIDIA's flag; the local rank always comes from LOCAL_RANK when the "
                         "launcher sets it: one line says so")
@@ -256,7 +262,8 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> PretrainConf
             dense_sequence_output=not args.no_dense_sequence_output,
             fused=not args.disable_jit_fusions, cuda_graphs=args.cuda_graphs),
         precision=PrecisionConfig(fp16=args.fp16, bf16=args.bf16, init_loss_scale=args.init_loss_scale,
-                                  loss_scale=args.loss_scale, tf32=args.tf32, cpu_gemm=env.cpu_gemm),
+                                  loss_scale=args.loss_scale, tf32=args.tf32,
+                                  cpu_gemm=cpu_gemm_policy(args.cpu_gemm, env)),
     )
 
 

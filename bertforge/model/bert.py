@@ -25,12 +25,13 @@ Fast paths, all exact up to float reassociation (parity tests in tests/unit):
 * CPU training blocks that reuse their own backward buffers (fused.py: feed-forward, attention
   with dropout, MLM cross-entropy, the in-place tied gradient); ``set_fused(False)`` turns them
   off. CUDA, whose caching allocator makes fresh buffers cheap, keeps PyTorch's ops.
-* fp32 CPU products through oneDNN (gemm.py): every Linear (a drop-in ``nn.Linear``) and the
-  fused blocks run x W^T and dL/dx on oneDNN's GEMM, faster than MKL's on the CPUs measured
-  (docs/benchmarks.md); ``gemm.set_backend("aten")`` (``BERTFORGE_CPU_GEMM=aten``) turns it off.
+* fp32 CPU products through oneDNN where it is faster (gemm.py): every Linear (a drop-in
+  ``nn.Linear``) and the fused blocks run x W^T and dL/dx on oneDNN's GEMM or MKL's, whichever
+  a short measurement of BERT's layer products found faster on this machine (cached per CPU
+  model); ``--cpu_gemm``/``BERTFORGE_CPU_GEMM`` (auto, onednn, aten) overrides it.
 
-This module imports only torch (and, through dropout.py, numpy; bertforge.memory checks a
-config's size before its weights are allocated).
+This module imports only torch (and, through dropout.py and gemm.py, numpy, bertforge.config
+and bertforge.errors; bertforge.memory checks a config's size before its weights are allocated).
 """
 
 from __future__ import annotations

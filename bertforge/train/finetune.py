@@ -340,9 +340,10 @@ def setup_runtime(*, seed: int, precision: PrecisionConfig, launch: LaunchConfig
     from bertforge.model import gemm
     from bertforge.rng import seed_everything
 
-    gemm.set_backend(precision.cpu_gemm)
+    gemm.configure(precision.cpu_gemm)
     info = init_distributed(local_rank=launch.local_rank, device=launch.device,
                             timeout_s=launch.dist_timeout)
+    gemm.settle()  # one CPU GEMM backend on every rank, before any product
     prec = Precision.from_flags(precision.fp16, precision.bf16, info.device,
                                 init_loss_scale=precision.init_loss_scale, loss_scale=precision.loss_scale)
     why = configure_tf32(precision.tf32, info.device)

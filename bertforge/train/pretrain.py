@@ -215,6 +215,17 @@ class _LogWindow:
         return seconds
 
 
+def _recorded_numerics(start: StartPoint, info: DistInfo) -> dict:
+    """This rank's ``numerics`` record (bertforge.train.numerics) in the checkpoint an exact
+    resume starts from (the first rank's when the rank count differs); {} for a fresh start or
+    a checkpoint without one."""
+    numerics = start.checkpoint.get("numerics") if start.exact and start.checkpoint else None
+    if not isinstance(numerics, list) or not numerics:
+        return {}
+    mine = numerics[info.rank] if len(numerics) == info.world_size else numerics[0]
+    return mine if isinstance(mine, dict) else {}
+
+
 class Trainer:
     """One pretraining run: :meth:`run` builds it from its start point and trains."""
 
@@ -258,7 +269,9 @@ class Trainer:
         from bertforge.model.bert import BertForPreTraining
 
         cfg = self.cfg
-        gemm.set_backend(cfg.precision.cpu_gemm)
+        # Before any product: one CPU GEMM backend on every rank; a resume keeps the recorded one
+        gemm.configure(cfg.precision.cpu_gemm)
+        gemm.settle(recorded=_recorded_numerics(start, self.info).get("cpu_gemm"), source=start.source)
         # The same initial weights on every rank (DDP also broadcasts rank 0's at wrap time).
         seed_everything(cfg.training.seed)
         model = BertForPreTraining(self.model_config)

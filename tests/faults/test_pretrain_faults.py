@@ -221,3 +221,40 @@ def test_garbage_in_fresh_memory_does_not_change_the_result(world, reference, tm
     check(run(PRETRAIN, pretrain_args(world, out), env={"MALLOC_PERTURB_": "165"}))
     assert_same_weights(reference / "ckpt_4.pt", out / "ckpt_4.pt")
     assert_same_weights(reference / "ckpt_8.pt", out / "ckpt_8.pt")
+
+
+@pytest.mark.exact_resume
+def test_resume_keeps_the_recorded_gemm_backend(world, reference, tmp_path):
+    """Under --cpu_gemm auto a resume computes with the backend its checkpoint records, even
+    where the machine's choice now names the other one (here: a cache that says so, as after a
+    re-measurement), and ends bit-identical to the uninterrupted run; --cpu_gemm and
+    BERTFORGE_CPU_GEMM win over the record, and the numerics note names the change."""
+    import json
+
+    from bertforge.checkpoint import load_checkpoint
+    from bertforge.model.gemm import cache_key
+
+    recorded = load_checkpoint(reference / "ckpt_4.pt")["numerics"][0]["cpu_gemm"]
+    other = "aten" if recorded == "onednn" else "onednn"
+    cache = tmp_path / "cache"
+    (cache / "bertforge").mkdir(parents=True)
+    (cache / "bertforge" / "cpu_gemm.json").write_text(json.dumps(
+        {cache_key(): {"backend": other, "gflops": {other: 2.0, recorded: 1.0}}}))
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(reference / "ckpt_4.pt", out / "ckpt_4.pt")
+    p = check(run(PRETRAIN, pretrain_args(world, out, "--resume_from_checkpoint"),
+                  env={"XDG_CACHE_HOME": str(cache)}))
+    assert f"backend {recorded} (auto: the backend {out / 'ckpt_4.pt'} was computed with" in p.stderr, p.stderr
+    assert "other numerics" not in p.stdout, p.stdout
+    assert_same_weights(reference / "ckpt_8.pt", out / "ckpt_8.pt")
+    for how, extra, env in (("flag", ["--cpu_gemm", other], {}), ("variable", [], {"BERTFORGE_CPU_GEMM": other})):
+        out = tmp_path / how
+        out.mkdir()
+        shutil.copy(reference / "ckpt_4.pt", out / "ckpt_4.pt")
+        p = check(run(PRETRAIN, pretrain_args(world, out, "--resume_from_checkpoint", *extra),
+                      env={"XDG_CACHE_HOME": str(cache), **env}))
+        (line,) = [ln for ln in p.stdout.splitlines() if "other numerics" in ln]
+        assert f"cpu_gemm {recorded} -> {other}" in line, line
+        assert f"backend {other} (--cpu_gemm/BERTFORGE_CPU_GEMM={other}" in p.stderr, p.stderr
+        assert load_checkpoint(out / "ckpt_8.pt")["numerics"][0]["cpu_gemm"] == other

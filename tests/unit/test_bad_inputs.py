@@ -562,7 +562,7 @@ def test_bad_gemm_backend_variable_is_one_line_error(table):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr[-2000:]
     line = error_line(p.stderr, p.stdout)
-    assert line == "error: environment variable BERTFORGE_CPU_GEMM='blas': expected one of onednn, aten", line
+    assert line == "error: environment variable BERTFORGE_CPU_GEMM='blas': expected one of auto, onednn, aten", line
     assert "Traceback" not in p.stderr
 
 

@@ -1,15 +1,22 @@
-"""oneDNN GEMM path (bertforge.model.gemm) against PyTorch's own fp32 products."""
+"""oneDNN GEMM path (bertforge.model.gemm) against PyTorch's own fp32 products, and the
+per-machine choice between them (forced, measured, cached, through the CLI flag, agreed by
+every rank, kept on resume)."""
 
 from __future__ import annotations
+
+import contextlib
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bertforge.cli.environment import Environment, read_environment
+from bertforge.cli.environment import Environment, cpu_gemm_policy, read_environment
+from bertforge.config import ModelConfig
 from bertforge.errors import ConfigError
 from bertforge.model import gemm
 from bertforge.model.bert import BertForPreTraining, BertForQuestionAnswering, pretraining_loss
+from tests.conftest import REPO
 from tests.unit.test_model_parity import tiny_config
 
 needs_onednn = pytest.mark.skipif(gemm._ONEDNN is None, reason="this torch build has no oneDNN")
@@ -17,7 +24,8 @@ needs_onednn = pytest.mark.skipif(gemm._ONEDNN is None, reason="this torch build
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Count the oneDNN products a block of code runs."""
+    """Count the oneDNN products a block of code runs (oneDNN forced for the test)."""
+    monkeypatch.setitem(gemm._state, "backend", "onednn")
     seen = []
     real = gemm._ONEDNN
 
@@ -160,7 +168,11 @@ def test_environment_is_read_at_the_command_line(monkeypatch):
     with pytest.raises(ConfigError, match="BERTFORGE_CPU_GEMM='mkl'"):
         read_environment()
     assert read_environment({"BERTFORGE_CPU_GEMM": " ATEN "}).cpu_gemm == "aten"
-    assert read_environment({}) == Environment("onednn", None)
+    assert read_environment({}) == Environment(None, None)
+    # the policy: --cpu_gemm, else the variable, else auto
+    assert cpu_gemm_policy("onednn", read_environment({"BERTFORGE_CPU_GEMM": "aten"})) == "onednn"
+    assert cpu_gemm_policy(None, read_environment({"BERTFORGE_CPU_GEMM": "aten"})) == "aten"
+    assert cpu_gemm_policy(None, read_environment({})) == "auto"
     assert read_environment({"BERTFORGE_DIST_TIMEOUT": "90"}).dist_timeout == 90.0
     for bad in ("0", "-5", "soon"):
         with pytest.raises(ConfigError, match=f"BERTFORGE_DIST_TIMEOUT='{bad}'"):
@@ -184,11 +196,248 @@ def test_products_do_not_depend_on_where_operands_lie_in_memory():
     torch.manual_seed(0)
     x, w, g = torch.randn(203, 96), torch.randn(77, 96), torch.randn(203, 77)
     v = torch.randn(100_003)
-    ref = {"onednn": gemm.linear_nt(x, w), "aten": F.linear(x, w), "gt_x": g.t().mm(x),
+
+    def onednn():  # oneDNN even where this machine's choice is MKL
+        return gemm.backend("onednn") if gemm._ONEDNN is not None else contextlib.nullcontext()
+
+    with onednn():
+        ref_onednn = gemm.linear_nt(x, w)
+    ref = {"onednn": ref_onednn, "aten": F.linear(x, w), "gt_x": g.t().mm(x),
            "gemv": gemm.column_sums(g), "dot": torch.dot(v, v)}
     for off in range(1, 16):
         xo, wo, go, vo = (_at_offset(t, off) for t in (x, w, g, v))
-        got = {"onednn": gemm.linear_nt(xo, wo), "aten": F.linear(xo, wo), "gt_x": go.t().mm(xo),
+        with onednn():
+            got_onednn = gemm.linear_nt(xo, wo)
+        got = {"onednn": got_onednn, "aten": F.linear(xo, wo), "gt_x": go.t().mm(xo),
                "gemv": gemm.column_sums(go), "dot": torch.dot(vo, vo)}
         for k in ref:
             assert torch.equal(got[k], ref[k]), f"{k} differs at an offset of {off} floats"
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """No backend chosen yet, no policy set, BERTFORGE_CPU_GEMM unset, an empty cache."""
+    monkeypatch.setattr(gemm, "_state", {**gemm._state, "backend": None, "choice": None, "policy": None,
+                                            "log": None})
+    monkeypatch.delenv("BERTFORGE_CPU_GEMM", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path / "bertforge" / "cpu_gemm.json"
+
+
+def _never(*_):
+    raise AssertionError("measured although the choice is forced or cached")
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["onednn", "aten"])
+def test_forced_choice_measures_nothing(name, tmp_path):
+    c = gemm.choose_backend(name, cache_dir=tmp_path, measure=_never)
+    assert (c.backend, c.reason) == (name, "forced") and not list(tmp_path.iterdir())
+
+
+@needs_onednn
+@pytest.mark.parametrize("faster", ["onednn", "aten"])
+def test_auto_takes_the_faster_backend_and_caches_it(faster, tmp_path):
+    slower = "aten" if faster == "onednn" else "onednn"
+    seen = []
+
+    def fake():
+        seen.append(1)
+        return {faster: 150.0, slower: 100.0}
+
+    c = gemm.choose_backend("auto", cache_dir=tmp_path, measure=fake)
+    assert (c.backend, c.reason, len(seen)) == (faster, "measured", 1)
+    assert f"backend {faster} (auto, measured" in c.message()
+    # every later process on this machine (any model, any thread count) reads the cache
+    again = gemm.choose_backend("auto", cache_dir=tmp_path, measure=_never)
+    assert (again.backend, again.reason) == (faster, "cached")
+    entry = json.loads((tmp_path / "cpu_gemm.json").read_text())
+    (key, value), = entry.items()
+    assert key == gemm.cache_key() and torch.__version__ in key and gemm.cpu_model() in key
+    assert value["backend"] == faster and value["gflops"] == {faster: 150.0, slower: 100.0}
+    # another torch version (or CPU) is measured for itself, beside the first
+    entry["other CPU | torch 0.0"] = entry.pop(key)
+    (tmp_path / "cpu_gemm.json").write_text(json.dumps(entry))
+    gemm.choose_backend("auto", cache_dir=tmp_path, measure=fake)
+    assert len(seen) == 2 and len(json.loads((tmp_path / "cpu_gemm.json").read_text())) == 2
+
+
+@needs_onednn
+def test_auto_without_a_writable_cache_does_not_measure(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the cache directory should be
+    c = gemm.choose_backend("auto", cache_dir=blocker / "bertforge", measure=_never)
+    assert (c.backend, c.reason) == ("onednn", "no cache") and "not measured" in c.message()
+
+
+@needs_onednn
+def test_real_measurement_leaves_the_random_streams_alone():
+    state = torch.get_rng_state()
+    rates = gemm.measure_backends(32, 64, rows=64, repeats=1)  # small shapes: a quick test
+    assert set(rates) == {"onednn", "aten"} and all(0 < r < float("inf") for r in rates.values())
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@needs_onednn
+def test_first_product_chooses_once_and_logs_once(fresh, capsys, monkeypatch):
+    seen = []
+
+    def fake():
+        seen.append(1)
+        return {"onednn": 90.0, "aten": 120.0}
+
+    monkeypatch.setattr(gemm, "measure_backends", fake)
+    BertForQuestionAnswering(tiny_config())  # building a model chooses nothing yet
+    assert seen == [] and gemm._state["backend"] is None
+    x, w = torch.randn(4, 6), torch.randn(8, 6)
+    gemm.linear(x, w)
+    gemm.linear(x, w)
+    assert seen == [1] and gemm.get_backend() == "aten"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("bertforge: fp32 CPU GEMM backend aten (auto, measured")
+    assert fresh.is_file()
+
+
+@needs_onednn
+def test_configure_sets_the_policy_and_drops_a_choice_made_under_another(fresh, monkeypatch):
+    gemm.configure("aten")
+    assert gemm.get_backend() == "aten" and gemm._state["choice"].reason == "forced"
+    gemm.configure("onednn")
+    assert gemm.get_backend() == "onednn"
+    monkeypatch.setattr(gemm, "measure_backends", lambda: {"onednn": 1.0, "aten": 2.0})
+    gemm.configure("auto")
+    assert gemm.get_backend() == "aten" and gemm._state["choice"].reason == "measured"
+    gemm.configure("auto")  # the same policy keeps its choice (nothing measured again)
+    monkeypatch.setattr(gemm, "measure_backends", _never)
+    assert gemm.get_backend() == "aten"
+    with pytest.raises(ConfigError, match="cpu_gemm 'mkl'"):
+        gemm.configure("mkl")
+
+
+@needs_onednn
+@pytest.mark.parametrize("flag", ["onednn", "aten", "auto"])
+def test_cli_flag_forces_each_choice(flag, fresh, tmp_path, capsys, monkeypatch, real_data):
+    """inference.py --cpu_gemm: the products of the answer run on the backend asked for (auto
+    here reads a cache that says aten), the choice is logged once, and the answer is the same."""
+    from bertforge.cli.inference import main as inference_main
+    from bertforge.model.convert import save_bertforge
+
+    monkeypatch.setenv("BERTFORGE_CPU_GEMM", "onednn")  # the flag overrides it
+    fresh.parent.mkdir(parents=True)
+    fresh.write_text(json.dumps({gemm.cache_key(): {"backend": "aten", "gflops": {"onednn": 1, "aten": 2}}}))
+    seen = []
+    real = gemm._ONEDNN
+    monkeypatch.setattr(gemm, "_ONEDNN", lambda *a: seen.append(1) or real(*a))
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_json_file(REPO / "bert_configs/tiny.json")
+    save_bertforge(BertForQuestionAnswering(cfg), tmp_path / "qa.pt")
+    out = inference_main(["--init_checkpoint", str(tmp_path / "qa.pt"), "--vocab_file",
+                          str(real_data("vocab/bert-base-uncased-vocab.txt")), "--do_lower_case",
+                          "--question", "Who?", "--context", "Rollo led the Normans.", "--cpu_gemm", flag])
+    err = [line for line in capsys.readouterr().err.splitlines() if "CPU GEMM" in line]
+    want = "aten" if flag == "auto" else flag
+    assert len(err) == 1 and f"backend {want} (" in err[0], err
+    assert ("cached" in err[0]) == (flag == "auto")
+    assert bool(seen) == (want == "onednn")
+    assert out[0]["answer"]
+
+
+_RANK_PROBE = """
+import json, sys
+from bertforge.errors import UserError
+from bertforge.model import gemm
+from bertforge.train import finetune
+
+def never():
+    raise AssertionError("measured on rank %s" % sys.argv[1])
+
+gemm.measure_backends = never if sys.argv[1] != "0" else (lambda: {"onednn": 1.0, "aten": 2.0})
+try:
+    from bertforge.cli.environment import cpu_gemm_policy, read_environment
+    from bertforge.config import LaunchConfig, PrecisionConfig
+    policy = cpu_gemm_policy(None, read_environment())  # as run_squad/run_glue take it
+    finetune.setup_runtime(seed=0, precision=PrecisionConfig(cpu_gemm=policy), launch=LaunchConfig(device="cpu"))
+    import torch
+    x = torch.randn(4, 6)
+    gemm.linear(x, torch.randn(3, 6))  # a product: nothing is chosen again
+    print(json.dumps({"backend": gemm.get_backend(), "reason": gemm._state["choice"].reason}))
+except UserError as e:
+    print(json.dumps({"error": str(e)}))
+import torch.distributed as dist
+dist.barrier()  # no rank tears the group down while the other still uses it
+dist.destroy_process_group()
+"""
+
+
+def _two_ranks(tmp_path, caches: list[str | None], policies: list[str | None]) -> list[dict]:
+    """Start 2 gloo ranks of ``finetune.setup_runtime`` (what run_squad/run_glue run first), each
+    with its own cache (a backend name: a cache entry naming it; None: an empty cache) and its own
+    BERTFORGE_CPU_GEMM; return what each rank then computes with."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank, (cached, policy) in enumerate(zip(caches, policies, strict=True)):
+        cache = tmp_path / f"rank{rank}"
+        (cache / "bertforge").mkdir(parents=True)
+        if cached is not None:
+            (cache / "bertforge" / "cpu_gemm.json").write_text(json.dumps(
+                {gemm.cache_key(): {"backend": cached, "gflops": {cached: 2.0}}}))
+        env = {k: v for k, v in os.environ.items() if k not in ("BERTFORGE_CPU_GEMM", "LOCAL_RANK")}
+        env.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   XDG_CACHE_HOME=str(cache), OMP_NUM_THREADS="1", BERTFORGE_DIST_TIMEOUT="120")
+        if policy is not None:
+            env["BERTFORGE_CPU_GEMM"] = policy
+        procs.append(subprocess.Popen([sys.executable, "-c", _RANK_PROBE, str(rank)], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=240)
+        assert p.returncode == 0, stderr[-3000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+@needs_onednn
+def test_every_rank_computes_with_rank_0s_choice(tmp_path):
+    """2 gloo ranks whose own caches disagree (as on nodes of different CPU models): both use
+    rank 0's backend, and only rank 0 would measure; with rank 0's cache empty, rank 0 measures
+    and rank 1 still measures nothing."""
+    assert [r["backend"] for r in _two_ranks(tmp_path / "a", ["aten", "onednn"], [None, None])] == ["aten"] * 2
+    ranks = _two_ranks(tmp_path / "b", [None, "onednn"], [None, None])
+    assert ranks == [{"backend": "aten", "reason": "measured"}] * 2
+
+
+@needs_onednn
+def test_ranks_started_with_different_policies_all_stop(tmp_path):
+    ranks = _two_ranks(tmp_path, [None, None], ["aten", None])
+    for r in ranks:
+        assert r["error"] == ("the ranks were started with different --cpu_gemm/BERTFORGE_CPU_GEMM "
+                              "(rank 0 aten, rank 1 auto): give every rank the same"), r
+
+
+@needs_onednn
+@pytest.mark.parametrize("recorded", ["onednn", "aten"])
+def test_a_resume_under_auto_keeps_the_recorded_backend(recorded, fresh, monkeypatch, capsys):
+    """settle(recorded=...) under auto adopts the checkpoint's backend whatever the cache or a
+    measurement says (nothing is measured); an explicit policy wins over the record."""
+    other = "aten" if recorded == "onednn" else "onednn"
+    fresh.parent.mkdir(parents=True)
+    fresh.write_text(json.dumps({gemm.cache_key(): {"backend": other, "gflops": {other: 2.0}}}))
+    monkeypatch.setattr(gemm, "measure_backends", _never)
+    c = gemm.settle(recorded=recorded, source="out/ckpt_4.pt")
+    assert (c.backend, c.reason, gemm.get_backend()) == (recorded, "checkpoint", recorded)
+    assert capsys.readouterr().err == ""  # printed at the first product, after the run's own checks
+    gemm.linear(torch.randn(2, 3), torch.randn(4, 3))
+    gemm.linear(torch.randn(2, 3), torch.randn(4, 3))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"backend {recorded} (auto: the backend out/ckpt_4.pt was computed with" in err[0]
+    gemm.configure(other)  # --cpu_gemm or BERTFORGE_CPU_GEMM wins
+    assert gemm.settle(recorded=recorded, source="out/ckpt_4.pt").backend == other
+    gemm.configure("auto")
+    assert gemm.settle().backend == other  # no record: the cache decides

@@ -36,6 +36,7 @@ CHANGED = {
     "--local-rank": "1", "--dist_timeout": "60", "--device": "cpu", "--loss_scale": "128",
     "--tf32": None, "--disable_jit_fusions": None, "--cuda_graphs": None, "--profile": None,
     "--profile-start": "3", "--profile_start": "3", "--loss_normalization": "micro_batch",
+    "--cpu_gemm": "aten",
 }
 NEEDS = {"--resume_step": ["--resume_from_checkpoint"], "--resume_phase2": ["--phase2"]}
 # NVIDIA's flags that cannot act here: each prints one note line instead (bertforge.cli.nvidia);
@@ -92,7 +93,9 @@ def test_dist_timeout_flag_then_environment_then_default():
     assert _config(base).launch.dist_timeout == 1800.0
     assert _config(base, Environment(dist_timeout=90.0)).launch.dist_timeout == 90.0
     assert _config(base + ["--dist_timeout=15"], Environment(dist_timeout=90.0)).launch.dist_timeout == 15.0
+    assert _config(base).precision.cpu_gemm == "auto"
     assert _config(base, Environment(cpu_gemm="aten")).precision.cpu_gemm == "aten"
+    assert _config(base + ["--cpu_gemm=onednn"], Environment(cpu_gemm="aten")).precision.cpu_gemm == "onednn"
     with pytest.raises(SystemExit):  # the parser's range check
         _config(base + ["--dist_timeout=0"])
     with pytest.raises(ConfigError, match="not divisible by --gradient_accumulation_steps 4"):
