@@ -17,7 +17,8 @@ Fast paths, all exact up to float reassociation (parity tests in tests/unit):
   768 x V decoder runs on the M masked tokens only.
 * Masked-only last layer: with labels or positions, the last encoder layer computes keys and
   values for every token but queries, output projection and feed-forward only at [CLS] and the
-  masked positions, the only outputs the heads read.
+  masked positions, the only outputs the heads read. Sequence classification does the same
+  with [CLS] alone (the pooler reads nothing else).
 * Tied word-embedding gradient summed in place: in BertForPreTraining the decoder's dense
   [V, H] gradient is handed to the embedding lookup's backward (fused.TiedGradient); other
   tied models return the lookup's gradient sparse, which the decoder's dense one absorbs.
@@ -678,8 +679,18 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.bert = BertModel(config)
         self.dropout = FastDropout(config.hidden_dropout_prob)
         self.classifier = Linear(config.hidden_size, num_labels)
+        self.cls_only_last_layer = True
+        """Compute the last encoder layer only at [CLS], the one position the pooler reads: its
+        queries, output projection and feed-forward skip every other token (keys and values still
+        come from all of them). Exact, like BertForPreTraining.masked_last_layer."""
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)
-        return self.classifier(self.dropout(self.bert.pool(hidden, packing)))
+        if self.cls_only_last_layer:
+            cls = input_ids.new_zeros(input_ids.shape[0], 1)  # [B, 1]: position 0 of each sequence
+            hidden, _ = self.bert.encode(input_ids, token_type_ids, attention_mask, select=cls)  # [B, H]
+            pooled = self.bert.pooler(hidden)
+        else:
+            hidden, packing = self.bert.encode(input_ids, token_type_ids, attention_mask)
+            pooled = self.bert.pool(hidden, packing)
+        return self.classifier(self.dropout(pooled))

@@ -40,8 +40,9 @@ def build_optimizer(model_or_params, name: str = "lamb", lr: float = 1e-3,
             Adam: no bias correction).
         lr: base learning rate (a scheduler then drives ``group["lr"]``).
         weight_decay: decoupled decay for tensors with dim >= 2; 0 for the others.
-        max_grad_norm: LAMB clips inside its update (apex semantics); the Adam variants are
-            clipped before theirs (see :func:`bertforge.optim.grads.clip_to_global_norm`).
+        max_grad_norm: LAMB (apex semantics) and BertAdam clip inside their update with it;
+            AdamW's gradients are clipped before its update (see
+            :func:`bertforge.optim.grads.clip_to_global_norm`).
     """
     groups = param_groups(model_or_params, weight_decay)
     if not groups:
@@ -53,5 +54,6 @@ def build_optimizer(model_or_params, name: str = "lamb", lr: float = 1e-3,
     if key == "adamw":
         return make_adamw(groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     if key == "bertadam":
-        return BertAdam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        return BertAdam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        max_grad_norm=max_grad_norm)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -48,6 +48,7 @@ __all__ = [
     "setup_runtime",
     "Runtime",
     "to_device",
+    "trim_batch",
     "WEIGHTS_NAME",
     "CONFIG_NAME",
 ]
@@ -98,7 +99,7 @@ def save_finetuned(model: torch.nn.Module, output_dir: str | Path, **extra) -> P
 # --------------------------------------------------------------------------- batching
 
 
-def _trim(batch: dict[str, np.ndarray], key: str = "attention_mask") -> dict[str, np.ndarray]:
+def trim_batch(batch: dict[str, np.ndarray], key: str = "attention_mask") -> dict[str, np.ndarray]:
     """Cut [B, L] arrays to the longest sequence of the batch (dynamic padding)."""
     if key not in batch:
         return batch
@@ -195,7 +196,8 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
                          device=device, already_allocated=True)
     loader = BatchLoader(arrays, cfg.train_batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
     total = cfg.total_steps(loader.n, world_size)
-    optimizer = build_optimizer(model, "bertadam", lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, "bertadam", lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                max_grad_norm=cfg.max_grad_norm)
     scheduler = LinearWarmUpScheduler(optimizer, warmup=cfg.warmup_proportion, total_steps=total)
     stepper = TrainStep(model, optimizer, scheduler, precision,
                         accumulation_steps=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm,
@@ -214,7 +216,7 @@ def train(model: torch.nn.Module, arrays: dict[str, np.ndarray],
         on_step(0)
     while step < total:
         for batch in loader.epoch(epoch):
-            micro = [to_device(_trim(mb), device) for mb in _split(batch, cfg.gradient_accumulation_steps)]
+            micro = [to_device(trim_batch(mb), device) for mb in _split(batch, cfg.gradient_accumulation_steps)]
             result = stepper.step(micro, loss_fn)
             step += 1
             seqs += len(batch["input_ids"])
@@ -268,7 +270,7 @@ def predict(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_size: i
         if on_batch is not None:
             on_batch(0)
         for i in range(0, n, batch_size):
-            batch = to_device(_trim({k: v[i:i + batch_size] for k, v in arrays.items()}), precision.device)
+            batch = to_device(trim_batch({k: v[i:i + batch_size] for k, v in arrays.items()}), precision.device)
             t0 = time.perf_counter()
             with precision.autocast():
                 out = forward(model, batch)

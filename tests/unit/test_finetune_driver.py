@@ -61,7 +61,7 @@ def test_total_steps_and_config_checks():
 
 def test_trim_cuts_to_longest_sequence():
     a = _arrays()
-    b = finetune._trim({k: v[:5] for k, v in a.items()})
+    b = finetune.trim_batch({k: v[:5] for k, v in a.items()})
     w = int(a["attention_mask"][:5].sum(1).max())
     assert b["input_ids"].shape == (5, w) and b["labels"].shape == (5,)
     parts = finetune._split({k: v[:10] for k, v in a.items()}, 3)

@@ -136,6 +136,38 @@ def test_qa_and_classification_parity(batch):
     assert max_diff(logits, ref) <= TOL
 
 
+@pytest.mark.parametrize("unpad", [True, False])
+def test_cls_only_last_layer_matches_full_computation(batch, unpad):
+    """Classification computes the last layer at [CLS] only: same logits, loss and gradients as
+    the full last layer (dropout off: the last layer's masks have other shapes on the two paths)."""
+    ids, tt, mask = batch
+    torch.manual_seed(11)
+    cfg = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    fast = BertForSequenceClassification(cfg, num_labels=3)
+    plain = BertForSequenceClassification(cfg, num_labels=3)
+    plain.load_state_dict(fast.state_dict())
+    plain.cls_only_last_layer = False
+    rows = []
+    for m in (fast, plain):
+        m.set_unpad(unpad)
+        m.bert.encoder.layer[-1].output.LayerNorm.register_forward_hook(lambda mod, i, o: rows.append(i[0].shape[0]))
+    labels = torch.tensor([0, 2, 1, 2])
+    out = []
+    for m in (fast, plain):
+        m.train()
+        m.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(m(ids, tt, mask), labels)
+        loss.backward()
+        with torch.no_grad():
+            logits = m.eval()(ids, tt, mask)
+        out.append((loss.item(), logits, {k: p.grad for k, p in m.named_parameters()}))
+    assert rows[0] == 4 and rows[2] == (int(mask.sum()) if unpad else mask.numel())  # fast: [CLS] rows only
+    assert abs(out[0][0] - out[1][0]) <= 1e-6
+    assert torch.allclose(out[0][1], out[1][1], atol=1e-6)
+    for k, g in out[1][2].items():
+        assert torch.allclose(out[0][2][k], g, atol=1e-6), k
+
+
 def test_masked_lm_parity(batch):
     ids, tt, mask = batch
     torch.manual_seed(5)
