@@ -1,4 +1,4 @@
-"""Pretraining-step and QA-inference benchmark: bertforge vs Hugging Face on identical batches.
+"""Pretraining-step benchmark: bertforge vs Hugging Face on identical batches.
 
     .venv/bin/python bench/bench_train.py --data results/data [--write docs/benchmarks.md]
 
@@ -15,8 +15,8 @@ same weights.
 
 Also: useful-FLOP utilization (model FLOPs on real tokens, masked-only head and last layer, over a large
 fp32 matmul's rate measured in this run), peak RSS of each side (separate child processes),
-the data loader's batches/s against the training step's consumption, and QA inference at
-seq 384 (batch 1 latency, batch 32 throughput) vs transformers.BertForQuestionAnswering.
+and the data loader's batches/s against the training step's consumption. Fine-tuning and QA
+inference are measured by bench/bench_finetune.py.
 """
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bertforge.config import ModelConfig  # noqa: E402
-from bertforge.model.bert import (  # noqa: E402
-    BertForPreTraining,
-    BertForQuestionAnswering,
-)
+from bertforge.model.bert import BertForPreTraining  # noqa: E402
+from bertforge.model.gemm import cpu_model  # noqa: E402
 
 CASES = {
     # name: (config, seq, predictions, batch, source)
@@ -215,8 +213,13 @@ def matmul_rate(n: int = 4096, repeats: int = 5) -> float:
     a = torch.randn(n, n, device=RUN["device"]).to(dtype)
     b = torch.randn(n, n, device=RUN["device"]).to(dtype)
     products = [lambda: a @ b]
-    if gemm.use_onednn(a, b):
-        products.append(lambda: gemm.matmul(a, b))
+    with gemm.backend("onednn"):
+        onednn = gemm.use_onednn(a, b)
+    if onednn:
+        def on_onednn():
+            with gemm.backend("onednn"):
+                return gemm.matmul(a, b)
+        products.append(on_onednn)
     best = 0.0
     for product in products:
         product()
@@ -229,6 +232,27 @@ def matmul_rate(n: int = 4096, repeats: int = 5) -> float:
             times.append(time.perf_counter() - t)
         best = max(best, 2 * n**3 / statistics.median(times))
     return best
+
+
+def gemm_line() -> str:
+    """Which fp32 CPU GEMM bertforge used in this run and why (bertforge.model.gemm)."""
+    from bertforge.model import gemm
+
+    return gemm.describe().removeprefix("bertforge: ")
+
+
+def git_commit() -> str:
+    """The repository's commit (short), marked when the working tree has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
 
 
 def summary(times: list[float]) -> dict:
@@ -340,86 +364,17 @@ def loader_rate(args, n: int = 200) -> float | None:
     return n / (time.perf_counter() - t)
 
 
-# ---- QA inference ----------------------------------------------------------------------------------
-
-def qa_inference(args) -> dict:
-    import transformers
-
-    cfg = model_config("base")
-    torch.manual_seed(0)
-    ours = BertForQuestionAnswering(cfg).eval()
-    hf_cfg = transformers.BertConfig(**cfg.to_hf_dict())
-    hf_cfg._attn_implementation = "sdpa"
-    hf = transformers.BertForQuestionAnswering(hf_cfg).eval()
-    hf.load_state_dict(ours.state_dict())
-    ours.to(RUN["device"])
-    hf.to(RUN["device"])
-    L = 384
-    lengths = real_squad_lengths(args, L)
-    g = torch.Generator().manual_seed(1)
-
-    def batch(B, offset):
-        ids = torch.zeros(B, L, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i in range(B):
-            n = lengths[(offset + i) % len(lengths)]
-            ids[i, :n] = torch.randint(1000, 30000, (n,), generator=g)
-            mask[i, :n] = 1
-        return ids.to(RUN["device"]), torch.zeros_like(ids).to(RUN["device"]), mask.to(RUN["device"])
-
-    res = {"mean_tokens": statistics.mean(lengths), "seq": L}
-    for B, reps in ((1, args.qa_repeats * 4), (32, args.qa_repeats)):
-        data = [batch(B, k * B) for k in range(reps)]
-        times = {"bertforge": [], "transformers": []}
-        with torch.inference_mode(), autocast():
-            for ids, tt, mask in data[:2]:
-                ours(ids, tt, mask)
-                hf(input_ids=ids, token_type_ids=tt, attention_mask=mask)
-            sync()
-            for k, (ids, tt, mask) in enumerate(data):
-                order = [("bertforge", lambda a=ids, b=tt, c=mask: ours(a, b, c)),
-                         ("transformers", lambda a=ids, b=tt, c=mask: hf(input_ids=a, token_type_ids=b,
-                                                                         attention_mask=c))]
-                for name, fn in (order if k % 2 == 0 else order[::-1]):
-                    t = time.perf_counter()
-                    fn()
-                    sync()
-                    times[name].append(time.perf_counter() - t)
-        res[f"batch{B}"] = {k: summary(v) for k, v in times.items()}
-        res[f"batch{B}"]["speedup_median"] = (res[f"batch{B}"]["transformers"]["median"]
-                                              / res[f"batch{B}"]["bertforge"]["median"])
-    return res
-
-
-def real_squad_lengths(args, L: int) -> list[int]:
-    """Token counts of [CLS] question [SEP] context [SEP] for real SQuAD questions (capped at L),
-    as inference.py pads them to max_seq_length; falls back to a fixed spread without the data."""
-    root = os.environ.get("BERTFORGE_REAL_DATA")
-    path = Path(root) / "squad" / "dev-v1.1-sample.json" if root else None
-    if not path or not path.exists():
-        return [160, 200, 240, 280, 384]
-    from tokenizers import BertWordPieceTokenizer
-
-    tok = BertWordPieceTokenizer(str(Path(root) / "vocab" / "bert-base-uncased-vocab.txt"), lowercase=True)
-    pairs = []
-    for art in json.loads(path.read_text())["data"]:
-        for para in art["paragraphs"]:
-            for qa in para["qas"][:1]:
-                pairs.append((qa["question"], para["context"]))
-    encs = tok.encode_batch(pairs[:64])
-    return [min(len(e.ids), L) for e in encs]
-
-
 # ---- report ------------------------------------------------------------------------------------------
 
 def markdown(results: dict) -> str:
-    lines = ["## Training step and QA inference", "",
+    lines = ["## Pretraining step", "",
              "`bench/bench_train.py`: bertforge vs Hugging Face `transformers` on identical",
              "batches, fp32, CPU, ours and the baseline alternating after warm-up, in one run:", "",
              "```", results["command"], "```", "",
-             f"Machine: {results['machine']}; torch {results['torch']}, transformers {results['transformers']},",
+             f"Commit {results.get('commit', 'unknown')}. Machine: {results['machine']}; torch {results['torch']}, transformers {results['transformers']},",
              f"{results['threads']} threads. Load average at start/end: {results['load_start']} / {results['load_end']}.",
              f"Device {results.get('device', 'cpu')}, precision {results.get('precision', 'fp32')} (both sides).",
+             *([f"bertforge's {results['cpu_gemm']}."] if results.get("cpu_gemm") else []),
              "", "Each repeat runs one batch through both sides back to back (the order alternates); seq/s",
              "is sequences over total time. Real batches differ in length, so their min/max span batches.",
              "", "| case | batch x seq | mean real tokens/seq | bertforge s/step min/med/max | transformers s/step min/med/max "
@@ -461,17 +416,6 @@ def markdown(results: dict) -> str:
         lines += ["", f"Data loader (phase-1 HDF5, batch 32): {results['loader_batches_per_s']:.1f} batches/s; "
                   f"the {step['case']} training step consumes {consume:.3f} batches/s: "
                   f"**{results['loader_batches_per_s'] / consume:.0f}x** headroom."]
-    qa = results.get("qa")
-    if qa:
-        lines += ["", f"QA inference, BERT-base, seq {qa['seq']} (real SQuAD question+context lengths, "
-                  f"mean {qa['mean_tokens']:.0f} tokens, padded to {qa['seq']} as inference.py does):", "",
-                  "| batch | bertforge s min/med/max | transformers s min/med/max | speedup (median) |",
-                  "| --- | --- | --- | ---: |"]
-        for B in (1, 32):
-            q = qa[f"batch{B}"]
-            o, h = q["bertforge"], q["transformers"]
-            lines.append(f"| {B} | {o['min']:.4f} / {o['median']:.4f} / {o['max']:.4f} | "
-                         f"{h['min']:.4f} / {h['median']:.4f} / {h['max']:.4f} | **{q['speedup_median']:.2f}x** |")
     return "\n".join(lines) + "\n"
 
 
@@ -501,9 +445,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--distinct_batches", type=int, default=3)
-    p.add_argument("--qa_repeats", type=int, default=4)
     p.add_argument("--no_memory", action="store_true")
-    p.add_argument("--no_qa", action="store_true")
     p.add_argument("--write", help="update this markdown file's section (e.g. docs/benchmarks.md)")
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--memory-child", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
@@ -532,11 +474,11 @@ def main(argv=None) -> None:
     import transformers
 
     results = {"command": "python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               "machine": f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores",
                "torch": torch.__version__, "transformers": transformers.__version__,
                "threads": torch.get_num_threads(), "load_start": round(os.getloadavg()[0], 2), "cases": [],
                "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-               "precision": args.precision}
+               "precision": args.precision, "commit": git_commit()}
     results["matmul_gflops"] = matmul_rate() / 1e9
     print(f"matmul {results['matmul_gflops']:.1f} GFLOP/s", flush=True)
     for c in cases:
@@ -545,13 +487,11 @@ def main(argv=None) -> None:
         print(f"{c}: ours {r['bertforge']['median']:.3f}s  hf {r['transformers']['median']:.3f}s  "
               f"speedup {r['speedup_median']:.2f}x (paired; of medians {r['speedup_of_medians']:.2f}x)", flush=True)
     results["matmul_gflops_end"] = matmul_rate() / 1e9
+    results["cpu_gemm"] = gemm_line()
     if not args.no_memory:
         results["memory"] = {c: peak_memory(c, args) for c in cases if CASES[c][4] == "synthetic" or c == "base-p2"}
         print("memory", results["memory"], flush=True)
     results["loader_batches_per_s"] = loader_rate(args)
-    if not args.no_qa:
-        results["qa"] = qa_inference(args)
-        print("qa", {k: v.get("speedup_median") for k, v in results["qa"].items() if isinstance(v, dict)}, flush=True)
     results["load_end"] = round(os.getloadavg()[0], 2)
     text = markdown(results)
     print(text)

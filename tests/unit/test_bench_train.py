@@ -23,7 +23,7 @@ def test_small_case_runs_and_reports_paired_ratios(tmp_path):
     out = tmp_path / "r.json"
     md = tmp_path / "b.md"
     bt.main(["--cases", "small-p1", "--batch_size", "2", "--repeats", "2", "--warmup", "0",
-             "--distinct_batches", "2", "--no_memory", "--no_qa", "--json", str(out), "--write", str(md)])
+             "--distinct_batches", "2", "--no_memory", "--json", str(out), "--write", str(md)])
     r = json.loads(out.read_text())
     case = r["cases"][0]
     assert case["batch"] == 2 and r["device"] == "cpu" and r["precision"] == "fp32"
