@@ -29,7 +29,7 @@ A training run fixes its backend before its first product with :func:`settle`: i
 distributed run rank 0 chooses and every rank adopts its choice (ranks never compute with
 different backends, whatever their CPUs or caches say), and under ``auto`` a resume adopts the
 backend its checkpoint records (``numerics``, bertforge.train.numerics), so a later
-measurement cannot change the products of a resumed run; an explicit policy wins over the
+measurement cannot change the products of a resumed (or continued) run; an explicit policy wins over the
 record (the resume's numerics note then names the change).
 
 Used where the operands are fp32 CPU tensors, mkldnn is available and enabled
@@ -240,7 +240,7 @@ def settle(recorded: str | None = None, source: str | None = None) -> Choice:
     """Fix this process's backend for a training run, before its first product (the choice
     is printed at that product, so a run that stops on a bad input first prints only its error).
 
-    ``recorded``: the backend the checkpoint the run resumes from was computed with (its
+    ``recorded``: the backend the checkpoint the run continues from was computed with (its
     ``numerics`` record, ``source`` its path). Under ``auto`` it is adopted (no measurement);
     an explicit ``--cpu_gemm``/``BERTFORGE_CPU_GEMM`` wins over it.
 

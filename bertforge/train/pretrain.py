@@ -215,15 +215,19 @@ class _LogWindow:
         return seconds
 
 
-def _recorded_numerics(start: StartPoint, info: DistInfo) -> dict:
-    """This rank's ``numerics`` record (bertforge.train.numerics) in the checkpoint an exact
-    resume starts from (the first rank's when the rank count differs); {} for a fresh start or
-    a checkpoint without one."""
-    numerics = start.checkpoint.get("numerics") if start.exact and start.checkpoint else None
+def _recorded_gemm(start: StartPoint, info: DistInfo) -> str | None:
+    """The CPU GEMM backend the checkpoint the run continues from (a resume, or phase 2 from
+    phase 1's) was computed with: this rank's ``numerics`` record (bertforge.train.numerics;
+    the first rank's when the rank count differs), oneDNN for a checkpoint written before
+    records existed (every earlier version of bertforge computed with it by default); None for
+    a fresh start or --init_checkpoint."""
+    if start.checkpoint is None:
+        return None
+    numerics = start.checkpoint.get("numerics")
     if not isinstance(numerics, list) or not numerics:
-        return {}
+        return "onednn"
     mine = numerics[info.rank] if len(numerics) == info.world_size else numerics[0]
-    return mine if isinstance(mine, dict) else {}
+    return mine.get("cpu_gemm") if isinstance(mine, dict) else None
 
 
 class Trainer:
@@ -269,9 +273,9 @@ class Trainer:
         from bertforge.model.bert import BertForPreTraining
 
         cfg = self.cfg
-        # Before any product: one CPU GEMM backend on every rank; a resume keeps the recorded one
+        # Before any product: one CPU GEMM backend on every rank; a continued run keeps the recorded one
         gemm.configure(cfg.precision.cpu_gemm)
-        gemm.settle(recorded=_recorded_numerics(start, self.info).get("cpu_gemm"), source=start.source)
+        gemm.settle(recorded=_recorded_gemm(start, self.info), source=start.source)
         # The same initial weights on every rank (DDP also broadcasts rank 0's at wrap time).
         seed_everything(cfg.training.seed)
         model = BertForPreTraining(self.model_config)
