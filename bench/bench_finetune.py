@@ -194,14 +194,16 @@ def tensors(batch: dict[str, np.ndarray], prefix: str = "") -> dict[str, torch.T
             for k, v in batch.items() if k.startswith(prefix) and (prefix or not k.startswith("hf_"))}
 
 
-def _sst2_loss(model, b):
-    logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    return torch.nn.functional.cross_entropy(logits.float(), b["labels"].view(-1))  # as run_glue.py
+def product_loss(task: str):
+    """The loss run_glue.py / run_squad.py hand TrainStep: their SummedLoss (by default the mean
+    over the examples of the global batch; rows with example_mask 0 left out)."""
+    if task == "sst2":
+        from bertforge.cli.glue import _loss
 
+        return _loss(glue.get_task("sst-2"))
+    from bertforge.cli.squad import _QALoss
 
-def _squad_loss(model, b):
-    start, end = model(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-    return squad.qa_loss(start, end, b["start_positions"], b["end_positions"])  # as run_squad.py
+    return _QALoss()
 
 
 class OursTrain:
@@ -213,7 +215,7 @@ class OursTrain:
         opt = build_optimizer(self.model, "bertadam", lr=5e-5, weight_decay=0.01)
         sched = LinearWarmUpScheduler(opt, warmup=0.1, total_steps=10000)
         self.stepper = TrainStep(self.model, opt, sched, precision(), max_grad_norm=1.0)
-        self.loss_fn = _sst2_loss if task == "sst2" else _squad_loss
+        self.loss_fn = product_loss(task)
 
     def step(self, batch: dict[str, np.ndarray]) -> None:
         ours = {k: v for k, v in batch.items() if not k.startswith("hf_")}
@@ -237,8 +239,9 @@ class HFTrain:
     def step(self, batch: dict[str, np.ndarray]) -> None:
         if self.padded:
             b = tensors(batch, "hf_")
-        else:
-            b = tensors(finetune.trim_batch({k: v for k, v in batch.items() if not k.startswith("hf_")}))
+        else:  # bertforge's trimmed rows (its loader's example_mask is not a model input)
+            b = tensors(finetune.trim_batch({k: v for k, v in batch.items()
+                                             if not k.startswith("hf_") and k != "example_mask"}))
         with autocast():
             loss = self.model(**b).loss
         if self.scaler is not None:
