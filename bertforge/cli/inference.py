@@ -145,9 +145,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         [{"id": "0", "question": args.question, "context": args.context}]
     for it in items:  # an empty text would be answered "with probability 1.0"
         for field in ("question", "context"):
+            where = f"--json {args.json_file}: item {it['id']}: the {field}" if args.json_file else f"--{field}"
             if not it[field].strip():
-                raise ConfigError(f"--json {args.json_file}: item {it['id']}: the {field} is empty"
-                                  if args.json_file else f"--{field} is empty")
+                raise ConfigError(f"{where} is empty")
+            try:
+                it[field].encode("utf-8")
+            except UnicodeEncodeError:  # e.g. a byte of a command line that is not UTF-8
+                raise ConfigError(f"{where} is not valid text (it holds bytes that are not UTF-8)") from None
     device = _device(args)
     precision = Precision.from_flags(args.fp16, args.bf16, device)
     vocab_file = find_vocab(args.vocab_file, args.init_checkpoint)

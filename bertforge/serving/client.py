@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     url = args.url or ("localhost:8000" if args.protocol == "http" else "localhost:8001")
+    if not re.fullmatch(r"[A-Za-z0-9._\-\[\]:]+", url):
+        raise ConfigError(f"--url {url!r}: expected host:port, e.g. localhost:8000")
     if not args.concurrency:
         raise ConfigError("--concurrency: give at least one value, e.g. 1,4")
     if (args.predict_file is None) == (args.question is None):

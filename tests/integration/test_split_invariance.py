@@ -144,7 +144,8 @@ def test_resume_with_the_same_processes_is_bit_exact(real, tmp_path):
 # dynamic masks) on the shards below: step_loss of each step (float.hex) and a digest of the
 # final weights; main at 30ae105 (the restructured trainer, before this normalisation) gives
 # the same. With several processes only the weights are pinned: the earlier code logged rank
-# 0's loss, bertforge now logs the global batch's.
+# 0's loss, bertforge now logs the global batch's. That code computed its fp32 CPU products on
+# oneDNN, so the runs here ask for it (--cpu_gemm auto picks per machine).
 PINNED_DATA = "95306716924c141e"
 PINNED_ONE_PROCESS = {"losses": ["0x1.612ab00000000p+3", "0x1.5f712e0000000p+3",
                                  "0x1.5ffee40000000p+3", "0x1.5e602c0000000p+3"],
@@ -180,7 +181,7 @@ def test_micro_batch_normalization_reproduces_the_earlier_numbers(real, tmp_path
     flags = ("--loss_normalization=micro_batch",)
 
     def args(out, config):
-        a = _args(real, data, out, batch=8, accum=2, steps=4, extra=flags)
+        a = _args(real, data, out, batch=8, accum=2, steps=4, extra=(*flags, "--cpu_gemm=onednn"))
         return [x if not x.startswith("--config_file=") else f"--config_file={config}" for x in a]
 
     run_cli(args(tmp_path / "one", cfg), nproc=1)

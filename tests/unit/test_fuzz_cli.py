@@ -211,7 +211,8 @@ def loads_whole(path: Path) -> str | None:
     """None if the file at a final name is complete, else what is wrong with it."""
     name = path.name
     try:
-        if name == "dllogger.json":
+        if name == "dllogger.json" or (name.endswith(".json") and path.read_bytes().startswith(b"DLLL ")):
+            # a dllogger file (--json-summary may give it any name): one JSON record per line
             for ln in path.read_text(encoding="utf-8").splitlines():
                 json.loads(ln[5:] if ln.startswith("DLLL ") else ln)
         elif name.endswith(".json") and not name.startswith(".") or name == ".num_samples.json":
