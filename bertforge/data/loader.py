@@ -166,6 +166,16 @@ class _Bin:
     sizes: list[int]
 
 
+def _stack_rows(pieces: list[tuple], key: str) -> np.ndarray:
+    """The ``key`` rows of ``pieces`` stacked; [N, W] arrays of different widths (shards of one
+    bin, each as wide as its own longest sequence) are zero-padded to the widest first (0 is
+    the padding of token ids, segments and mask positions alike)."""
+    parts = [a[key][r] for a, _, r in pieces]
+    width = max(p.shape[1] for p in parts)
+    return np.concatenate([p if p.shape[1] == width else np.pad(p, ((0, 0), (0, width - p.shape[1])))
+                           for p in parts])
+
+
 class PretrainingDataLoader:
     """Endless iterator of pretraining micro-batches (dicts of torch tensors), resumable.
 
@@ -412,9 +422,9 @@ class PretrainingDataLoader:
         (the key of the masks with ``mask_seeding="rank_step"``)."""
         import torch
 
-        ids = np.concatenate([a["input_ids"][r] for a, _, r in pieces])
+        ids = _stack_rows(pieces, "input_ids")
         width = ids.shape[1]
-        seg = np.concatenate([a["segment_ids"][r] for a, _, r in pieces])
+        seg = _stack_rows(pieces, "segment_ids")
         nt = np.concatenate([a["num_tokens"][r] for a, _, r in pieces])
         nsp = np.concatenate([a["next_sentence_labels"][r] for a, _, r in pieces])
         static = all("masked_lm_positions" in a for a, _, _ in pieces)
@@ -427,8 +437,8 @@ class PretrainingDataLoader:
         attn = (j < nt[:, None])
         labels = np.full((B, Lp), -1, dtype=np.int64)
         if static:
-            pos = np.concatenate([a["masked_lm_positions"][r] for a, _, r in pieces])
-            mid = np.concatenate([a["masked_lm_ids"][r] for a, _, r in pieces])
+            pos = _stack_rows(pieces, "masked_lm_positions")
+            mid = _stack_rows(pieces, "masked_lm_ids")
         if static and self.masking == "static":
             valid = pos > 0  # position 0 is [CLS], never masked: 0 marks padding
             rr = np.nonzero(valid)[0]

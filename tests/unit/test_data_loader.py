@@ -317,3 +317,26 @@ def test_per_rank_positions_of_older_checkpoints_continue_in_their_order(h5dir):
             want = [torch.cat([ref[0][s]["input_ids"][:, :8], ref[1][s]["input_ids"][:, :8]])
                     for s in range(4, 9)]
             assert all(torch.equal(g["input_ids"][:, :8], w) for g, w in zip(got[0], want, strict=True))
+
+
+def test_a_batch_across_shards_of_different_widths(tmp_path):
+    """Shards of one bin hold sequences of different longest lengths (each shard's arrays are
+    as wide as its own longest): a micro-batch made of rows of several shards pads them to one
+    width instead of failing to stack them (run_pretraining.sh's phase 2 did, with accumulation)."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    d = tmp_path / "bins"
+    d.mkdir()
+    for s, length in enumerate((20, 21, 7)):
+        rows = [([f"w{5 + i}"] * length, ["w1"] * length, bool(i % 2), [1], ["w2"]) for i in range(5)]
+        pq.write_table(lddl_table(rows, 0), d / f"shard-{s}.parquet_0")
+    seen = set()
+    for accum in (1, 2):
+        ld = PretrainingDataLoader(d, batch_size=4, vocab_file=str(vocab), seed=1, accumulation_steps=accum)
+        for b in take(ld, 6):
+            n = b["attention_mask"].sum(1)
+            assert b["input_ids"].shape[1] >= int(n.max())
+            for i, k in enumerate(n.tolist()):  # every row whole: [CLS] ... [SEP], padding after
+                assert b["input_ids"][i, k - 1] == SEP and (b["input_ids"][i, k:] == 0).all()
+            seen.update(n.tolist())
+    assert seen == {2 * 20 + 3, 2 * 21 + 3, 2 * 7 + 3}
