@@ -50,12 +50,13 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from pretrain_fixtures import base_args, make_dataset, write_config  # noqa: E402
 
 from bertforge.config import ModelConfig  # noqa: E402
-from bertforge.model.bert import BertForPreTraining, pretraining_loss  # noqa: E402
+from bertforge.model.bert import BertForPreTraining  # noqa: E402
 from bertforge.optim import build_optimizer  # noqa: E402
 from bertforge.optim.lamb import LAMB  # noqa: E402
 from bertforge.optim.schedulers import PolyWarmUpScheduler  # noqa: E402
 from bertforge.precision import Precision  # noqa: E402
 from bertforge.train.loop import TrainStep  # noqa: E402
+from bertforge.train.mlm import PretrainingLoss  # noqa: E402
 
 PYTHON = sys.executable
 NA = "n/a"
@@ -150,10 +151,8 @@ def batches(cfg: ModelConfig, device: torch.device, n: int, B: int = 8, L: int =
     return [{k: v.to(device) for k, v in b.items()} for b in bench_train.synthetic_batches(cfg, B, L, P, n)]
 
 
-def loss_fn(model, b):
-    scores, nsp = model(b["input_ids"], b["token_type_ids"], b["attention_mask"],
-                        masked_lm_labels=b["masked_lm_labels"])
-    return pretraining_loss(scores, nsp, b["masked_lm_labels"], b["next_sentence_labels"])[0]
+loss_fn = PretrainingLoss()
+"""Pretraining's own loss (MLM + NSP, normalised over the global batch by TrainStep)."""
 
 
 def train_losses(prec_name: str, device, data, steps: int, init_loss_scale: float = 2.0**16) -> list[float]:
