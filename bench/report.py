@@ -30,13 +30,9 @@ def git_commit() -> str:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from bertforge.model.gemm import cpu_model
+
+    return cpu_model()
 
 
 def provenance(script: str, argv: list[str]) -> dict:

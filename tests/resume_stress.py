@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from report import cpu_name, git_commit  # noqa: E402
 
 
 def _results(junit: Path) -> dict[str, str]:
@@ -74,23 +76,6 @@ def _round(i: int, slurm: bool, workdir: Path, python: str) -> dict:
     return {"round": i, "seconds": round(time.time() - t0, 1), "results": res, "logs": logs}
 
 
-def _commit() -> str:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _node_id(name: str) -> str:
     """'tests.faults.test_x::test_y[a]' (JUnit's classname::name) -> 'tests/faults/test_x.py::test_y[a]'."""
     module, _, test = name.partition("::")
@@ -101,7 +86,7 @@ def _write(doc: Path, args, tests: list[str], failures: dict, rounds: list, seco
     cmd = "python tests/resume_stress.py " + " ".join(
         [f"--repeat {args.repeat}"] + (["--slurm"] if args.slurm else []) + [f"--write {args.write}"])
     total = sum(len(v) for v in failures.values())
-    lines = [f"Measured by `{cmd}` at commit {_commit()} on {os.cpu_count()} x {_cpu()}, "
+    lines = [f"Measured by `{cmd}` at commit {git_commit()} on {os.cpu_count()} x {cpu_name()}, "
              f"{datetime.date.today().isoformat()}: {len(tests)} exact-resume tests x "
              f"{args.repeat} rounds, each round in fresh processes, {seconds / 60:.0f} min; "
              f"**{total} failures**.", "", "| test | runs | failures |", "| --- | --- | --- |"]
@@ -153,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {len(failures.get(t, [])):3d} failed / {runs:3d} runs  {t}")
     if args.summary:
         Path(args.summary).write_text(json.dumps(
-            {"commit": _commit(), "cpu": f"{os.cpu_count()} x {_cpu()}", "slurm": args.slurm,
+            {"commit": git_commit(), "cpu": f"{os.cpu_count()} x {cpu_name()}", "slurm": args.slurm,
              "seconds": round(time.time() - t0), "repeat": args.repeat, "tests": tests, "failures": failures,
              "rounds": [{k: v for k, v in r.items() if k != "logs"} for r in rounds]}, indent=2))
     total = sum(len(v) for v in failures.values())

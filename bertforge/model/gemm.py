@@ -2,9 +2,7 @@
 
 PyTorch sends fp32 ``F.linear``/``addmm``/``mm`` on the CPU to MKL's sgemm. oneDNN's JIT GEMM
 (the library behind PyTorch's mkldnn ops) picks its kernels from the CPU's feature flags; which
-of the two is faster depends on the CPU: on a 2-core AMD EPYC (Zen 4) oneDNN ran BERT's products
-1.4-1.9x faster (x W^T at [2048, 768] x [768, 3072] 196 vs 122 GFLOP/s, the MLM decoder's
-[319, 768] x [768, 30522] 177 vs 93), on other CPUs the two are level or MKL leads. Weight
+of the two is faster depends on the CPU (docs/benchmarks.md has the measurements). Weight
 gradients (g^T x, a long reduction over tokens) stay on MKL (``g.t().mm(x)``) either way.
 
 Choosing the backend (once per process, before the first fp32 CPU product):
@@ -12,7 +10,7 @@ Choosing the backend (once per process, before the first fp32 CPU product):
 * policy ``onednn`` or ``aten``: that backend;
 * policy ``auto`` (the default): a short measurement (~1 s) of BERT's own layer products at
   BERT-base's shapes (fused QKV, both feed-forward products, their input gradients; 1024
-  tokens) on both backends, cached per CPU model and torch version in
+  tokens) on both backends, cached per CPU (model and feature flags) and torch version in
   ``$XDG_CACHE_HOME/bertforge/cpu_gemm.json`` (``~/.cache/...``). Every later process on the
   machine reuses it, whatever its model size or thread count, so separate processes of one
   run (a run and its resume, ranks, a test and the CLI it starts) make the same choice.
@@ -42,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -128,21 +127,33 @@ def default_cache_dir() -> Path:
     return Path(root) / "bertforge"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
+def _cpuinfo_field(*keys: str) -> str:
+    """The first /proc/cpuinfo line starting with one of ``keys``, its value ("" if none)."""
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("model name"):
+                if line.startswith(keys):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_features() -> str:
+    """A short digest of the CPU's feature flags: two CPUs sold under one name (e.g.
+    "Intel(R) Xeon(R) Processor" in a VM) can differ in AVX-512 or AMX, and so in kernels."""
+    flags = " ".join(sorted(_cpuinfo_field("flags", "Features").split()))
+    return hashlib.sha1(flags.encode()).hexdigest()[:8] if flags else "unknown"
 
 
 def cache_key() -> str:
-    """What a cached choice belongs to: the CPU model and the torch version."""
-    return f"{cpu_model()} | torch {torch.__version__}"
+    """What a cached choice belongs to: the CPU model and features and the torch version."""
+    return f"{cpu_model()} [{cpu_features()}] | torch {torch.__version__}"
 
 
 def measure_backends(hidden: int = _SHAPES[0], intermediate: int = _SHAPES[1], rows: int = 1024,

@@ -16,9 +16,7 @@ uninterrupted run only to float tolerance. See docs/reliability.md ("What is bit
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
 
 import torch
 
@@ -30,35 +28,17 @@ LIBRARY_VARIABLES = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "MKL_NUM_THREADS", "
 """Environment variables that change which kernels the libraries run (recorded when set)."""
 
 
-def _cpu_model() -> tuple[str, str]:
-    """The CPU's model name and a short digest of its feature flags (two CPUs sold under one
-    name, e.g. "Intel(R) Xeon(R) Processor" in a VM, can differ in AVX-512 or AMX)."""
-    name, flags = "", ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name") and not name:
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")) and not flags:
-                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    digest = hashlib.sha1(flags.encode()).hexdigest()[:8] if flags else "unknown"
-    return name or platform.processor() or platform.machine(), digest
-
-
 def environment(device: torch.device | str = "cpu") -> dict[str, str]:
     """The numerics environment of this process, as plain strings (checkpoint-safe)."""
-    from bertforge.model.gemm import get_backend
+    from bertforge.model import gemm
 
-    cpu, cpu_flags = _cpu_model()
     env = {
         "torch": str(torch.__version__),
-        "cpu": cpu,
-        "cpu_flags": cpu_flags,
+        "cpu": gemm.cpu_model(),
+        "cpu_flags": gemm.cpu_features(),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "threads": str(torch.get_num_threads()),
-        "cpu_gemm": get_backend(),
+        "cpu_gemm": gemm.get_backend(),
     }
     for var in LIBRARY_VARIABLES:
         if os.environ.get(var):

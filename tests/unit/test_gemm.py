@@ -263,6 +263,18 @@ def test_auto_takes_the_faster_backend_and_caches_it(faster, tmp_path):
 
 
 @needs_onednn
+def test_a_cpu_of_the_same_name_with_other_features_measures_for_itself(tmp_path, monkeypatch):
+    """VMs name different CPUs alike ("Intel(R) Xeon(R) Processor"): the cached choice of one
+    with AVX-512 must not serve one without."""
+    seen = []
+    fake = lambda: seen.append(1) or {"onednn": 150.0, "aten": 100.0}  # noqa: E731
+    gemm.choose_backend("auto", cache_dir=tmp_path, measure=fake)
+    monkeypatch.setattr(gemm, "cpu_features", lambda: "0000beef")
+    assert gemm.choose_backend("auto", cache_dir=tmp_path, measure=fake).reason == "measured"
+    assert len(seen) == 2 and len(json.loads((tmp_path / "cpu_gemm.json").read_text())) == 2
+
+
+@needs_onednn
 def test_auto_without_a_writable_cache_does_not_measure(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")  # a file where the cache directory should be
