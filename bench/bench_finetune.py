@@ -46,7 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_train import gemm_line, git_commit, summary, write_section  # noqa: E402
+from bench_train import gemm_line, summary  # noqa: E402
+from report import git_commit, write_section  # noqa: E402
 
 from bertforge.config import ModelConfig  # noqa: E402
 from bertforge.data.tokenization import load_tokenizer  # noqa: E402
@@ -645,7 +646,7 @@ def main(argv=None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if args.write:
-        write_section(Path(args.write), text, marker="bench_finetune")
+        write_section(args.write, "bench_finetune", text)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from report import git_commit, write_section  # noqa: E402
 
 from bertforge.config import ModelConfig  # noqa: E402
 from bertforge.model.bert import BertForPreTraining  # noqa: E402
@@ -241,20 +244,6 @@ def gemm_line() -> str:
     return gemm.describe().removeprefix("bertforge: ")
 
 
-def git_commit() -> str:
-    """The repository's commit (short), marked when the working tree has uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-
-
 def summary(times: list[float]) -> dict:
     return dict(min=min(times), median=statistics.median(times), max=max(times))
 
@@ -419,20 +408,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str, marker: str = "bench_train") -> None:
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    body = f"{start}\n{text}{end}\n"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in old:
-        pre, rest = old.split(start, 1)
-        new = pre + body + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + body
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", help="comma-separated subset of " + ", ".join(CASES)
@@ -498,7 +473,7 @@ def main(argv=None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if args.write:
-        write_section(Path(args.write), text)
+        write_section(args.write, "bench_train", text)
 
 
 if __name__ == "__main__":
