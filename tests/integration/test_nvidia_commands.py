@@ -152,14 +152,18 @@ def _run(ws, command: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def _check(p: subprocess.CompletedProcess, command: str) -> None:
+def _runs_as_expected(ws, command: str, expect) -> None:
+    """The command runs: no unknown flag or command, exit 0, each expected text printed."""
+    p = _run(ws, command)
     both = p.stdout + p.stderr
     assert "unrecognized arguments" not in both and "command not found" not in both, both[-3000:]
     assert p.returncode == 0, f"{command}\nexit {p.returncode}\n{both[-3000:]}"
+    for text in expect:
+        assert text in both, (command, both[-3000:])
 
 
 # Run in `make test`: one of each kind; the rest (slow: a Python start-up each, the data
-# script three times) run in CI's acceptance step (.ci/run).
+# script three times) run in `make test-nvidia`, which .ci/run calls.
 FAST = {("head", "294"), ("head", "351"), ("2020", "337"), ("2020", "842"), ("head", "525"),
         ("2020", "286"), ("head", "run_pretraining.sh phase 2"), ("head", "run_squad.sh train eval"),
         ("2020", "run.sub phase 1"), ("2020", "bertPrep.py create_hdf5_files")}
@@ -176,17 +180,11 @@ def test_fast_subset_names_real_entries() -> None:
 
 @pytest.mark.parametrize("entry", _params(README))
 def test_nvidia_readme_command(ws, entry) -> None:
-    gen, line, command, expect = entry
-    p = _run(ws, command)
-    _check(p, command)
-    for text in expect:
-        assert text in p.stdout + p.stderr, (command, (p.stdout + p.stderr)[-3000:])
+    _, _, command, expect = entry
+    _runs_as_expected(ws, command, expect)
 
 
 @pytest.mark.parametrize("entry", _params(SCRIPT_INVOCATIONS))
 def test_nvidia_script_invocation(ws, entry) -> None:
-    gen, where, command, expect = entry
-    p = _run(ws, command)
-    _check(p, command)
-    for text in expect:
-        assert text in p.stdout + p.stderr, (command, (p.stdout + p.stderr)[-3000:])
+    _, _, command, expect = entry
+    _runs_as_expected(ws, command, expect)
