@@ -1,5 +1,6 @@
 # NVIDIA-compatible entry point; the code lives in bertforge/cli/squad.py.
 from bertforge.cli.squad import main
+from bertforge.distributed import run_as_process
 
 if __name__ == "__main__":
-    main()
+    run_as_process(main)

@@ -10,11 +10,16 @@ others fail instead of hanging forever.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
+import gc
 import os
-from collections.abc import Iterator
+import sys
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -23,9 +28,13 @@ from bertforge.errors import ConfigError, UserError
 
 __all__ = ["DistInfo", "init_distributed", "get_dist_info", "is_main", "print0", "barrier",
            "cleanup", "all_reduce_mean", "env_rank_layout", "rank0_output_lock", "RendezvousError",
-           "gather_objects", "any_rank", "control_group", "is_comm_failure", "wrap_ddp"]
+           "gather_objects", "any_rank", "control_group", "is_comm_failure", "wrap_ddp",
+           "run_as_process"]
 
 DEFAULT_TIMEOUT_S = 1800.0
+
+#: True once this process has joined a process group (see :func:`run_as_process`).
+_joined = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
     Returns:
         The :class:`DistInfo` of this process; ``device`` is ``cuda:<local_rank>`` or ``cpu``.
     """
+    global _joined
     rank, local, world = env_rank_layout(local_rank)
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
@@ -129,6 +139,7 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None,
         try:
             dist.init_process_group(backend=backend, rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+            _joined = True
         except (dist.DistError, RuntimeError, OSError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
@@ -178,9 +189,55 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
-    """Destroy the process group if there is one."""
+    """Destroy the process group if there is one.
+
+    ``destroy_process_group`` frees the group (and joins gloo's worker threads) only when its
+    last handle goes; DistributedDataParallel and the control group of a finished trainer hold
+    handles, and the trainer sits in reference cycles. Its garbage is collected first, so the
+    group does not outlive this call and its threads never meet interpreter shutdown.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+
+
+def run_as_process(main: Callable[[], object]) -> NoReturn:
+    """Run an entry point's ``main()`` as the whole process and exit with its status (an int
+    it returns or raises with SystemExit; a returned result that is not an int is status 0).
+
+    A process that joined a process group ends as Python's multiprocessing ends its children:
+    exit handlers run and stdout/stderr are flushed, then ``os._exit`` skips interpreter
+    shutdown. A gloo worker thread that still holds a group handle when the interpreter shuts
+    down (a handle kept alive by an exception's traceback, say) needs the GIL to release its
+    tensors and is stopped with ``terminate called without an active exception`` (SIGABRT),
+    turning a complete run's exit status 0, or a peer failure's 1, into -6. A process that
+    never joined a group exits normally.
+    """
+    try:
+        status = main()
+    except SystemExit as e:
+        status = e.code
+    except BaseException:
+        if not _joined:
+            raise
+        traceback.print_exc()
+        status = 1
+    else:  # main's return value: an exit status, or a result (fine-tuning's metrics): 0
+        status = status if isinstance(status, int) else 0
+    if not _joined:
+        raise SystemExit(status)
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status
+    else:  # SystemExit("message"): printed, exit 1, as Python does
+        print(status, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code & 0xFF)
 
 
 @contextlib.contextmanager
