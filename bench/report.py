@@ -18,11 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it."""
+    """Short hash of HEAD, with ``-dirty`` when tracked files outside docs/ differ from it (a
+    bench that writes its figures into docs/ leaves the measured code as it was, so the next
+    bench of one ``make bench`` still measures a clean commit)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=30, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"], cwd=REPO,
                                capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"

@@ -98,3 +98,25 @@ def test_a_section_whose_end_marker_is_missing_is_an_error(tmp_path):
     else:
         raise AssertionError("no error")
     assert md.read_text() == "<!-- x:start -->\nold\n"
+
+
+def test_the_commit_a_figure_names_is_dirty_only_for_changes_outside_docs(tmp_path, monkeypatch):
+    """One ``make bench`` runs several benches that each write docs/benchmarks.md: the later
+    ones still measure the commit's code, so only a change outside docs/ marks it dirty."""
+    import subprocess
+
+    report = bench_module("report")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/benchmarks.md").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(report, "REPO", tmp_path)
+    clean = report.git_commit()
+    assert len(clean) == 10 and not clean.endswith("-dirty")
+    (tmp_path / "docs/benchmarks.md").write_text("figures\n")
+    assert report.git_commit() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert report.git_commit() == clean + "-dirty"
