@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import provenance, provenance_line, save_figure, write_section  # noqa: E402
+from report import provenance, provenance_line, publish, save_figure  # noqa: E402
 
 MARKER = "bench_downstream"
 SCRIPT = "bench/bench_downstream.py"
@@ -438,12 +438,8 @@ def main(argv: list[str] | None = None) -> dict:
         plot(res, png)
     png_rel = os.path.relpath(png, Path(args.write).parent) if args.write else str(png)
     text = markdown(res, png_rel if png.exists() else None)
-    print(text)
     (out / "results.json").write_text(json.dumps(res, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    if args.write:
-        write_section(args.write, MARKER, text)
+    publish(text, res, MARKER, json_path=args.json, write=args.write)
     return res
 
 

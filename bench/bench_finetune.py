@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import gemm_line, summary  # noqa: E402
-from report import git_commit, write_section  # noqa: E402
+from report import git_commit, publish  # noqa: E402
 
 from bertforge.config import ModelConfig  # noqa: E402
 from bertforge.data.tokenization import load_tokenizer  # noqa: E402
@@ -642,11 +642,7 @@ def main(argv=None) -> None:
     results["cpu_gemm"] = gemm_line()
     results["load_end"] = round(os.getloadavg()[0], 2)
     text = markdown(results)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    if args.write:
-        write_section(args.write, "bench_finetune", text)
+    publish(text, results, "bench_finetune", json_path=args.json, write=args.write)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import provenance, provenance_line, write_section  # noqa: E402
+from report import provenance, provenance_line, publish  # noqa: E402
 
 from bertforge.data.loader import PretrainingDataLoader, discover_shards  # noqa: E402
 
@@ -130,11 +130,7 @@ def main(argv=None) -> dict:
         c["headroom"] = c["sequences_per_s"] / (args.step_batch / r["step_s"])
     r["load_end"] = round(os.getloadavg()[0], 2)
     text = markdown(r)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
-    if args.write:
-        write_section(args.write, MARKER, text)
+    publish(text, r, MARKER, json_path=args.json, write=args.write)
     return r
 
 

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import provenance, provenance_line, save_figure, write_section  # noqa: E402
+from report import provenance, provenance_line, publish, save_figure  # noqa: E402
 
 from bertforge.data.hdf5 import read_hdf5_shard  # noqa: E402
 from bertforge.data.loader import discover_shards  # noqa: E402
@@ -641,12 +641,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     plot(res, png)
     png_rel = os.path.relpath(png, Path(args.write).parent) if args.write else str(png)
     text = markdown(res, png_rel)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
     (work / "results.json").write_text(json.dumps(res, indent=1))
-    if args.write:
-        write_section(args.write, MARKER, text)
+    publish(text, res, MARKER, json_path=args.json, write=args.write)
     if not args.keep_snapshots:
         for r in runs:
             for snap in r["snapshots"]:

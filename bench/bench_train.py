@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import git_commit, write_section  # noqa: E402
+from report import git_commit, publish  # noqa: E402
 
 from bertforge.config import ModelConfig  # noqa: E402
 from bertforge.model.bert import BertForPreTraining  # noqa: E402
@@ -469,11 +469,7 @@ def main(argv=None) -> None:
     results["loader_batches_per_s"] = loader_rate(args)
     results["load_end"] = round(os.getloadavg()[0], 2)
     text = markdown(results)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    if args.write:
-        write_section(args.write, "bench_train", text)
+    publish(text, results, "bench_train", json_path=args.json, write=args.write)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ that measured the figures rewrites it whole (atomically), and nothing else write
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -64,6 +65,16 @@ def provenance_line(info: dict) -> str:
         load += f", {info['load_end']} at the end"
     return (f"Command: `{info['command']}`  \n"
             f"Commit `{info['commit']}`; {info['machine']}; {versions}; {info['date']}; {load}.")
+
+
+def publish(text: str, results: dict, marker: str, *, json_path: str | None, write: str | None) -> None:
+    """A bench's report: ``text`` printed, ``results`` as JSON to ``json_path`` and ``text`` into
+    the ``marker`` section of ``write`` (docs/benchmarks.md), each when asked."""
+    print(text, flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+    if write:
+        write_section(write, marker, text)
 
 
 def write_section(path: str | os.PathLike, marker: str, text: str) -> None:

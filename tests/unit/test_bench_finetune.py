@@ -90,7 +90,7 @@ def test_tiny_run_reports_both_ratios_for_every_case(tmp_path, real_data):
     assert len(lines) == 6 and all(ln.count(" met") == (1 if "training step against" in ln else 2)
                                    for ln in lines), lines
     # a second run replaces the section instead of adding one
-    bf.write_section(md, "bench_finetune", "## Fine-tuning and QA inference\nreplaced\n")
+    bf.publish("## Fine-tuning and QA inference\nreplaced\n", {}, "bench_finetune", json_path=None, write=md)
     assert md.read_text().count("bench_finetune:start") == 1 and "replaced" in md.read_text()
 
 
