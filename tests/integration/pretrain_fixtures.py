@@ -74,9 +74,30 @@ def make_dataset(root: Path, shards: int = 2, per_shard: int = 64, seed: int = 0
     return root
 
 
+def earlier_code(commit: str, dest: Path) -> Path:
+    """The repository's files at ``commit`` (``git archive``) in ``dest``, whose run_pretraining.py
+    imports that commit's bertforge (a script's own folder comes first on sys.path).
+
+    "Today's code reaches the numbers an earlier version computed, bit for bit" can only be
+    checked on one machine: oneDNN and MKL choose their kernels per CPU (instruction set,
+    vendor), so a number written on one CPU differs in its last bits on another. Tests run the
+    earlier version here, on the same inputs, instead of comparing with numbers pinned elsewhere.
+    """
+    if not (dest / "run_pretraining.py").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit],
+                                 capture_output=True, timeout=120)
+        if archive.returncode != 0:
+            raise AssertionError(f"git archive {commit}: {archive.stderr.decode().strip()} (these tests run the "
+                                 "earlier commit's code, so they need the repository's history)")
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, timeout=120)
+    return dest
+
+
 def run_cli(args: list[str], *, nproc: int = 1, timeout: int = 300, env: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
-    """Run run_pretraining.py with python (nproc 1) or torchrun (gloo), from the repo root."""
+            check: bool = True, repo: Path = REPO) -> subprocess.CompletedProcess:
+    """Run run_pretraining.py with python (nproc 1) or torchrun (gloo), from the root of ``repo``
+    (this checkout, or an earlier version from :func:`earlier_code`)."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     e.pop("WORLD_SIZE", None)
     if nproc == 1:
@@ -84,7 +105,7 @@ def run_cli(args: list[str], *, nproc: int = 1, timeout: int = 300, env: dict | 
     else:
         cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "run_pretraining.py", *args]
-    p = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=repo, env=e, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\nSTDOUT:\n{p.stdout[-3000:]}\nSTDERR:\n{p.stderr[-3000:]}")
     return p

@@ -8,7 +8,8 @@ paragraphs, Google's uncased vocabulary): every sequence has its own number of m
   another micro-batch split) ends where the uninterrupted run ends.
 * With the same number of processes the resume is bit-exact.
 * ``--loss_normalization micro_batch`` reproduces the numbers of the code before the global
-  order and normalisation (commit 186aa2c), bit for bit, with static and dynamic masks.
+  order and normalisation (commit 186aa2c, run beside it on this machine), bit for bit, with
+  static and dynamic masks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_fixtures import run_cli  # noqa: E402
+from pretrain_fixtures import earlier_code, run_cli  # noqa: E402
 from real_text import create_shards, write_real_config, write_text  # noqa: E402
 
 from bertforge.checkpoint import load_checkpoint  # noqa: E402
@@ -140,18 +141,15 @@ def test_resume_with_the_same_processes_is_bit_exact(real, tmp_path):
 
 
 # -- --loss_normalization micro_batch reproduces the earlier numbers -----------------------
-# Recorded with the code of commit 186aa2c (per-micro-batch means, rank-sharded order, per-rank
-# dynamic masks) on the shards below: step_loss of each step (float.hex) and a digest of the
-# final weights; main at 30ae105 (the restructured trainer, before this normalisation) gives
-# the same. With several processes only the weights are pinned: the earlier code logged rank
-# 0's loss, bertforge now logs the global batch's. That code computed its fp32 CPU products on
-# oneDNN, so the runs here ask for it (--cpu_gemm auto picks per machine).
+# The code of commit 186aa2c (per-micro-batch means, rank-sharded order, per-rank dynamic masks)
+# runs beside today's on the shards below (the shards themselves are pinned: their digest is the
+# same on every machine), and both must log the same step losses (one process) and end with the
+# same weights, bit for bit. Both run here, not against numbers written on another machine: the
+# last bits of fp32 products depend on the CPU's kernels. With several processes only the
+# weights are compared: the earlier code logged rank 0's loss, bertforge now logs the global
+# batch's. That code computed its fp32 CPU products on oneDNN, so both runs use it.
+EARLIER = "186aa2c"
 PINNED_DATA = "95306716924c141e"
-PINNED_ONE_PROCESS = {"losses": ["0x1.612ab00000000p+3", "0x1.5f712e0000000p+3",
-                                 "0x1.5ffee40000000p+3", "0x1.5e602c0000000p+3"],
-                      "digest": "601908b69970b03a"}
-PINNED_TWO_PROCESSES = {"digest": "f5c6962c0ffb50fa"}
-PINNED_TWO_PROCESSES_DYNAMIC = {"digest": "7de76186bf36467c"}  # --masking=dynamic
 
 
 def _digest_weights(path: Path) -> str:
@@ -173,26 +171,36 @@ def _digest_shards(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _step_losses(out: Path) -> list[str]:
+    return [float(r["data"]["step_loss"]).hex() for r in read_dllogger(out / "dllogger.json")
+            if r["type"] == "LOG" and "step_loss" in r["data"]]
+
+
 def test_micro_batch_normalization_reproduces_the_earlier_numbers(real, tmp_path):
     data = create_shards(real["text"], real["vocab"], tmp_path / "h5", shards=2)
     assert _digest_shards(data) == PINNED_DATA, "create_pretraining_data's output changed"
     cfg = write_real_config(tmp_path / "dropout.json", hidden_dropout_prob=0.1,
                             attention_probs_dropout_prob=0.1)
-    flags = ("--loss_normalization=micro_batch",)
+    old = earlier_code(EARLIER, tmp_path / "code")
+    today = ("--loss_normalization=micro_batch", "--cpu_gemm=onednn")
 
-    def args(out, config):
-        a = _args(real, data, out, batch=8, accum=2, steps=4, extra=(*flags, "--cpu_gemm=onednn"))
+    def args(out, config, *extra):
+        a = _args(real, data, out, batch=8, accum=2, steps=4, extra=extra)
         return [x if not x.startswith("--config_file=") else f"--config_file={config}" for x in a]
 
-    run_cli(args(tmp_path / "one", cfg), nproc=1)
-    logged = [r["data"]["step_loss"] for r in read_dllogger(tmp_path / "one/dllogger.json")
-              if r["type"] == "LOG" and "step_loss" in r["data"]]
-    assert [float(x).hex() for x in logged] == PINNED_ONE_PROCESS["losses"]
-    assert _digest_weights(tmp_path / "one/ckpt_4.pt") == PINNED_ONE_PROCESS["digest"]
-    run_cli(args(tmp_path / "two", real["cfg"]), nproc=2)
-    assert _digest_weights(tmp_path / "two/ckpt_4.pt") == PINNED_TWO_PROCESSES["digest"]
-    run_cli(args(tmp_path / "dyn", real["cfg"]) + ["--masking=dynamic"], nproc=2)
-    assert _digest_weights(tmp_path / "dyn/ckpt_4.pt") == PINNED_TWO_PROCESSES_DYNAMIC["digest"]
+    def then_and_now(name, config, nproc, *extra) -> tuple[Path, Path]:
+        then, now = tmp_path / f"{name}-{EARLIER}", tmp_path / name
+        run_cli(args(then, config, *extra), nproc=nproc, repo=old, env={"BERTFORGE_CPU_GEMM": "onednn"})
+        run_cli(args(now, config, *today, *extra), nproc=nproc)
+        return then, now
+
+    then, now = then_and_now("one", cfg, 1)
+    assert len(_step_losses(now)) == 4 and _step_losses(now) == _step_losses(then)
+    assert _digest_weights(now / "ckpt_4.pt") == _digest_weights(then / "ckpt_4.pt")
+    one = _digest_weights(now / "ckpt_4.pt")
+    for name, extra in (("two", ()), ("dyn", ("--masking=dynamic",))):
+        then, now = then_and_now(name, real["cfg"], 2, *extra)
+        assert _digest_weights(now / "ckpt_4.pt") == _digest_weights(then / "ckpt_4.pt"), name
     # the default normalisation changes them (the data's masked-token counts differ)
-    run_cli([a for a in args(tmp_path / "global", cfg) if a not in flags], nproc=1)
-    assert _digest_weights(tmp_path / "global/ckpt_4.pt") != PINNED_ONE_PROCESS["digest"]
+    run_cli(args(tmp_path / "global", cfg, "--cpu_gemm=onednn"), nproc=1)
+    assert _digest_weights(tmp_path / "global/ckpt_4.pt") != one
