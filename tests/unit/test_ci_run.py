@@ -1,5 +1,6 @@
-"""CI's entry point lets no check pass by not running: .ci/run calls make test and make
-test-slurm with a Slurm cluster required; tests/slurm/run_tests.sh fails instead of skipping
+"""CI's entry point lets no check pass by not running: .ci/run calls make test, make
+test-nvidia, make test-slurm (a Slurm cluster required), the resume stress rounds and make
+test-acceptance; tests/slurm/run_tests.sh fails instead of skipping
 when one is required; make test-acceptance runs the slow checks with --no-skips."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def test_ci_run_calls_every_suite_with_slurm_required(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [line.split("|") for line in calls.read_text().splitlines()]
     targets = [row[0] for row in rows]
-    order = [targets.index(t) for t in ("test", "test-nvidia", "test-slurm", "test-resume-stress")]
+    order = [targets.index(t) for t in ("test", "test-nvidia", "test-slurm", "test-resume-stress", "test-acceptance")]
     assert order == sorted(order), targets
     assert all(row[1] == "1" and row[2] == "../shared/data" for row in rows), rows
 
@@ -40,6 +41,8 @@ def test_make_test_acceptance_runs_the_slow_checks_without_skips():
     assert r.returncode == 0, r.stderr
     cmd = [line for line in r.stdout.splitlines() if "pytest" in line]
     assert len(cmd) == 1 and '-m "slow and not slurm"' in cmd[0] and "--no-skips" in cmd[0], r.stdout
+    # NVIDIA's command lines run once per CI run, in make test-nvidia
+    assert "--ignore=tests/integration/test_nvidia_commands.py" in cmd[0], cmd[0]
 
 
 def _stub_slurm_dir(tmp_path):
