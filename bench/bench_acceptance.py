@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
     args = p.parse_args(argv)
     info = provenance(SCRIPT, argv)
+    if not Path(args.docs).is_dir():  # checked before the tests run, not after 15 minutes of them
+        raise SystemExit(f"error: --docs {args.docs}: no such folder")
     if args.src:
         src = Path(args.src)
         if not src.is_dir():

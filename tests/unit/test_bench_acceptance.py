@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 from tests.conftest import REPO, bench_module
 
@@ -120,3 +122,10 @@ def test_the_commit_a_figure_names_is_dirty_only_for_changes_outside_docs(tmp_pa
     assert report.git_commit() == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert report.git_commit() == clean + "-dirty"
+
+
+def test_a_missing_docs_folder_is_one_line_before_any_test_runs(tmp_path):
+    r = subprocess.run([sys.executable, "bench/bench_acceptance.py", "--docs", str(tmp_path / "nope")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "+ " not in r.stdout, r.stdout + r.stderr
+    assert r.stderr.strip() == f"error: --docs {tmp_path / 'nope'}: no such folder"
