@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture(scope="module")
 def real(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("split")
-    vocab = real_data_path("vocab/bert-base-uncased-vocab.txt")
+    vocab = real_data_path("vocab/bert-base-uncased-vocab.txt").resolve()  # absolute: runs start in other trees too
     text = write_text(real_data_path("squad/dev-v1.1-sample.json"), root / "text/wiki.txt")
     return {
         "root": root, "vocab": vocab, "text": text,
