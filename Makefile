@@ -122,7 +122,7 @@ bench-downstream: install $(QUALITY_DATA)/phase1_holdout_hdf5/.num_samples.json
 		--write docs/benchmarks.md $(BENCH_DOWNSTREAM_ARGS)
 
 # The figures docs/ quotes from acceptance runs (demo.md, finetuning.md, pretraining.md): runs the tests that
-# check them (~45 min on 2 cores), then rewrites their marked sections (bench/bench_acceptance.py).
+# check them (~15 min on 2 cores), then rewrites their marked sections (bench/bench_acceptance.py).
 docs-figures: install
 	BERTFORGE_REAL_DATA=$(REAL_DATA) $(PY) bench/bench_acceptance.py
 

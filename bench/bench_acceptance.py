@@ -1,6 +1,6 @@
 """The figures docs/ quotes from acceptance runs, written by the runs that check them.
 
-    make docs-figures        # the tests below (~45 min on 2 cores), then the marked sections of docs/
+    make docs-figures        # the tests below (~15 min on 2 cores), then the marked sections of docs/
     .venv/bin/python bench/bench_acceptance.py [--from DIR] [--docs docs]
 
 Runs pytest (--no-skips) on the tests that measure a figure of docs/; each records what it
