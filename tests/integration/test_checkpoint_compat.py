@@ -70,7 +70,7 @@ def expected(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("format0")
     old = earlier_code(WRITER, root / "code")
     p1, p2 = _start(root / "phase1"), _start(root / "phase2")
-    env = {"BERTFORGE_CPU_GEMM": "onednn"}  # that code's only fp32 CPU backend
+    env = {"BERTFORGE_CPU_GEMM": "onednn"}  # that code's default backend, which the fixture was written with
     run_cli(_flags(p1), repo=old, env=env)
     run_cli(_flags(p2) + ["--phase2", "--max_steps=2", "--num_steps_per_checkpoint=2"], repo=old, env=env)
     return {"phase1_step6": p1 / "ckpt_6.pt", "phase2_step5": p2 / "ckpt_5.pt"}
