@@ -144,13 +144,69 @@ def numerics_changes(a: Path, b: Path) -> str:
         "written with the same recorded numerics (torch, CPU, threads, GEMM backend, variables)"
 
 
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """Each step's logged loss in ``run_dir``'s dllogger.json (a resumed run appends to it:
+    the last line of a step counts)."""
+    out = {}
+    log = run_dir / "dllogger.json"
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        rec = json.loads(line.removeprefix("DLLL "))
+        step, data = rec.get("step"), rec.get("data", {})
+        if isinstance(step, list) and len(step) == 2 and "step_loss" in data:
+            out[int(step[1])] = data["step_loss"]
+    return out
+
+
+def first_divergence(a: Path, b: Path) -> str:
+    """Where two runs' logged losses part (their folders), for a failed comparison's message."""
+    la, lb = step_losses(a), step_losses(b)
+    for s in sorted(set(la) & set(lb)):
+        if la[s] != lb[s]:
+            return f"the logged losses first differ at step {s} ({la[s]!r} vs {lb[s]!r})"
+    return f"the logged losses of steps {sorted(set(la) & set(lb))} are equal"
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     """Bit-exact equality of two checkpoints' model weights."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     diff = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not diff, (f"{len(diff)} of {len(wa)} tensors differ, e.g. {diff[:3]}; "
-                      f"{numerics_changes(a, b)}")
+                      f"{numerics_changes(a, b)}; {first_divergence(a.parent, b.parent)}")
+
+
+def _differing(x, y, where: str = "") -> list[str]:
+    """Paths at which two checkpoint values differ (tensors bit for bit)."""
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        same = isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype \
+            and x.shape == y.shape and torch.equal(x, y)
+        return [] if same else [where]
+    if isinstance(x, dict) and isinstance(y, dict):
+        if x.keys() != y.keys():
+            return [f"{where} keys"]
+        return [d for k in x for d in _differing(x[k], y[k], f"{where}/{k}")]
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        if len(x) != len(y):
+            return [f"{where} length"]
+        return [d for i, (u, v) in enumerate(zip(x, y, strict=True)) for d in _differing(u, v, f"{where}/{i}")]
+    return [] if x == y else [where]
+
+
+# What two equal runs' checkpoints need not share: the processes' numerics records (compared
+# by numerics_changes) and the run config, which names the output folder.
+RUN_RECORD_KEYS = ("numerics", "run_config")
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    """Everything an exact resume restores (weights, optimizer moments, schedule, RNG streams,
+    data position, counters) equal bit for bit in checkpoints ``a`` and ``b``."""
+    from bertforge.checkpoint import load_checkpoint
+
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    keep = lambda c: {k: v for k, v in c.items() if k not in RUN_RECORD_KEYS}  # noqa: E731
+    diff = _differing(keep(ca), keep(cb))
+    assert not diff, (f"{len(diff)} entries differ, e.g. {diff[:4]}; {numerics_changes(a, b)}; "
+                      f"{first_divergence(a.parent, b.parent)}")
 
 
 def make_read_only(d: Path):

@@ -24,7 +24,7 @@ from tests.faults.helpers import (
     PYTHON,
     REPO,
     assert_checkpoints_complete,
-    assert_same_weights,
+    assert_same_state,
     check,
     cli_env,
     error_line,
@@ -64,9 +64,9 @@ def test_torchrun_rank_killed_then_resume_is_exact(world, tmp_path):
     assert seconds < 300
     assert final_files(out) == ["ckpt_4.pt", "dllogger.json"] and temp_files(out) == []
     assert assert_checkpoints_complete(out) == [4]
-    assert_same_weights(ref / "ckpt_4.pt", out / "ckpt_4.pt")
+    assert_same_state(ref / "ckpt_4.pt", out / "ckpt_4.pt")
     check(_torchrun(args(out) + ["--resume_from_checkpoint"])[0])
-    assert_same_weights(ref / "ckpt_8.pt", out / "ckpt_8.pt")
+    assert_same_state(ref / "ckpt_8.pt", out / "ckpt_8.pt")
 
 
 def _free_port() -> int:

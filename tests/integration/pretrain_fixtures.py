@@ -94,6 +94,20 @@ def earlier_code(commit: str, dest: Path) -> Path:
     return dest
 
 
+# Before 6d7408e and d51c99f a rank of a finished distributed run could abort while its
+# interpreter shut down (gloo's worker thread, "terminate called without an active exception";
+# about 1 run in 70). Today's code is tested for that (tests/faults/test_process_exit.py); an
+# earlier version run for its numbers keeps the defect, which comes after its last output.
+EXIT_ABORT = "terminate called without an active exception"
+
+
+def _earlier_exit_abort(p: subprocess.CompletedProcess, repo: Path, nproc: int) -> bool:
+    """An earlier version's distributed run that completed (its ``final`` line printed) and
+    then lost a rank to that exit abort: its outputs are whole, so they count."""
+    return (repo != REPO and nproc > 1 and EXIT_ABORT in p.stderr
+            and any(line.startswith("final |") for line in p.stdout.splitlines()))
+
+
 def run_cli(args: list[str], *, nproc: int = 1, timeout: int = 300, env: dict | None = None,
             check: bool = True, repo: Path = REPO) -> subprocess.CompletedProcess:
     """Run run_pretraining.py with python (nproc 1) or torchrun (gloo), from the root of ``repo``
@@ -106,7 +120,7 @@ def run_cli(args: list[str], *, nproc: int = 1, timeout: int = 300, env: dict | 
         cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "run_pretraining.py", *args]
     p = subprocess.run(cmd, cwd=repo, env=e, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
+    if check and p.returncode != 0 and not _earlier_exit_abort(p, repo, nproc):
         raise AssertionError(f"exit {p.returncode}\nSTDOUT:\n{p.stdout[-3000:]}\nSTDERR:\n{p.stderr[-3000:]}")
     return p
 
