@@ -203,6 +203,8 @@ class BertSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
         """x [T, H] -> context [T, H]."""
+        if self._inference(x):
+            return self._forward_inference(x, packing)
         nh, hd = self.num_attention_heads, self.attention_head_size
         w, b = self._qkv_weight()
         qkv = linear(x, w, b)  # [T, 3H]
@@ -222,6 +224,34 @@ class BertSelfAttention(nn.Module):
         ctx = self._attend(q, k, v, packing.key_mask)  # [B, nh, L, hd]
         return packing.pack(ctx.transpose(1, 2).reshape(B, L, nh * hd))  # [T, H]
 
+    def _inference(self, x: torch.Tensor) -> bool:
+        """No gradient, no dropout, on the CPU: Q, K and V as three products of the stored weights
+        and the softmax scale given to SDPA. Building the fused weight (a concatenation and a
+        scaling of [3H, H] per layer) costs more than it saves when nothing is trained: BERT-base
+        QA inference at batch 1 runs faster this way, larger batches the same (docs/benchmarks.md)."""
+        return (x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not (self.training and self.dropout_prob > 0.0))
+
+    def _heads(self, t: torch.Tensor, r: int, n: int) -> torch.Tensor:
+        """[r * n, H] (rows of r sequences of n tokens) -> [r, heads, n, head_dim]."""
+        return t.view(r, n, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+    def _forward_inference(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        q, k, v = (linear(x, m.weight, m.bias) for m in (self.query, self.key, self.value))  # [T, H]
+        scale = 1.0 / math.sqrt(self.attention_head_size)
+        if packing.runs is not None:  # per run of equal-length sequences, as in forward
+            sizes = [r * n for r, n in packing.runs]
+            outs = [F.scaled_dot_product_attention(self._heads(qb, r, n), self._heads(kb, r, n),
+                                                   self._heads(vb, r, n), scale=scale)
+                    .transpose(1, 2).reshape(r * n, -1)
+                    for qb, kb, vb, (r, n) in zip(q.split(sizes), k.split(sizes), v.split(sizes),
+                                                  packing.runs, strict=True) if n > 0]
+            return torch.cat(outs, 0) if outs else q.new_zeros(0, x.shape[1])
+        B, L = packing.batch, packing.length
+        q, k, v = (self._heads(packing.unpack(t).view(B * L, -1), B, L) for t in (q, k, v))
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask, scale=scale)
+        return packing.pack(ctx.transpose(1, 2).reshape(B, L, -1))
+
     def _qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused [3H, H] weight and [3H] bias, query rows pre-multiplied by 1/sqrt(hd)."""
         s = 1.0 / math.sqrt(self.attention_head_size)
@@ -233,6 +263,14 @@ class BertSelfAttention(nn.Module):
         """Attention for selected query rows only: x [T, H] all tokens (keys and values),
         xs [B * S, H] the S selected tokens of each sequence (queries) -> context [B * S, H]."""
         nh, hd, H = self.num_attention_heads, self.attention_head_size, x.shape[1]
+        if self._inference(x):
+            B, L = packing.batch, packing.length
+            q = self._heads(linear(xs, self.query.weight, self.query.bias), B, S)
+            k, v = (self._heads(packing.unpack(linear(x, m.weight, m.bias)).view(B * L, H), B, L)
+                    for m in (self.key, self.value))
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask,
+                                                 scale=1.0 / math.sqrt(hd))
+            return ctx.transpose(1, 2).reshape(B * S, H)
         w, b = self._qkv_weight()
         q = linear(xs, w[:H], b[:H])  # [B*S, H]
         kv = packing.unpack(linear(x, w[H:], b[H:]))  # [B, L, 2H], zeros at padding

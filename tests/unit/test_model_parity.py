@@ -350,3 +350,32 @@ def test_sparse_embedding_gradient_without_decoder_is_made_dense_for_the_optimiz
     LAMB(m.parameters(), lr=1e-3, max_grad_norm=0.0).step()  # no clipping: grads untouched
     assert not w.grad.is_sparse and torch.equal(w.grad, dense)
     assert not torch.equal(w.detach(), before)
+
+
+@pytest.mark.parametrize("varlen", [True, False])
+@pytest.mark.parametrize("cls", [BertForQuestionAnswering, BertForSequenceClassification])
+def test_inference_builds_no_fused_weight_and_agrees_with_the_training_path(batch, monkeypatch, varlen, cls):
+    """Without gradients on the CPU, Q, K and V are three products of the stored weights (no
+    fused [3H, H] weight per call); the outputs equal the fused path's within float tolerance
+    (head size 12: the softmax scale is no power of two, so the two paths round differently)."""
+    from bertforge.model.bert import BertSelfAttention, _Packing
+
+    if varlen:
+        monkeypatch.setattr(_Packing, "RUN_OVERHEAD", 0)
+    torch.manual_seed(5)
+    model = cls(tiny_config()).eval()
+    ids, tt, mask = batch
+    trained = model(ids, tt, mask)  # gradients enabled: the fused path
+    built = []
+    fused = BertSelfAttention._qkv_weight
+    monkeypatch.setattr(BertSelfAttention, "_qkv_weight", lambda self: built.append(1) or fused(self))
+    with torch.inference_mode():
+        inferred = model(ids, tt, mask)
+    assert built == []
+    for a, b in zip(trained if isinstance(trained, tuple) else (trained,),
+                    inferred if isinstance(inferred, tuple) else (inferred,), strict=True):
+        assert max_diff(a.detach(), b, mask if a.dim() == 2 and a.shape == mask.shape else None) <= TOL
+    model.train()  # dropout on: the training path, even without gradients
+    with torch.no_grad():
+        model(ids, tt, mask)
+    assert built
