@@ -55,7 +55,7 @@ from bertforge.model.fused import (
     feed_forward,
     tied_decoder,
 )
-from bertforge.model.gemm import Linear, linear
+from bertforge.model.gemm import Linear, linear, linear_gelu
 
 __all__ = [
     "BertModel",
@@ -327,8 +327,11 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = _activation(config.hidden_act)
+        self.gelu_approximate = GELU_APPROXIMATE.get(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gelu_approximate is not None:
+            return linear_gelu(x, self.dense.weight, self.dense.bias, self.gelu_approximate)  # [T, I]
         return self.intermediate_act_fn(self.dense(x))  # [T, I]
 
 

@@ -59,7 +59,7 @@ from bertforge.errors import ConfigError
 
 __all__ = ["Linear", "linear", "linear_nt", "matmul", "column_sums", "set_backend", "backend", "get_backend",
            "POLICIES", "Choice", "choose_backend", "configure",
-           "measure_backends", "default_cache_dir", "describe", "cpu_model", "settle"]
+           "measure_backends", "linear_gelu", "default_cache_dir", "describe", "cpu_model", "settle"]
 
 _BACKENDS = CPU_GEMM_BACKENDS
 POLICIES = CPU_GEMM_POLICIES
@@ -409,6 +409,14 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
         return _Linear.apply(x, w, b)
     return _onednn_linear(x, w, b)
+
+
+def linear_gelu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, approximate: str) -> torch.Tensor:
+    """``F.gelu(linear(x, w, b), approximate=...)``. Without gradients on oneDNN the GELU runs
+    inside the product (a post-op: no second pass over the [T, I] result; equal to float rounding)."""
+    if not torch.is_grad_enabled() and use_onednn(x, w):
+        return _ONEDNN(x, w, b, "gelu", [], approximate)
+    return F.gelu(linear(x, w, b), approximate=approximate)
 
 
 class Linear(nn.Linear):

@@ -453,3 +453,23 @@ def test_a_resume_under_auto_keeps_the_recorded_backend(recorded, fresh, monkeyp
     assert gemm.settle(recorded=recorded, source="out/ckpt_4.pt").backend == other
     gemm.configure("auto")
     assert gemm.settle().backend == other  # no record: the cache decides
+
+
+@needs_onednn
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_inference_runs_the_gelu_inside_the_onednn_product(monkeypatch, approximate):
+    """BertIntermediate without gradients: one oneDNN product with a GELU post-op (no F.gelu
+    pass), equal to the two-pass result to float rounding; with gradients the two passes, bit
+    for bit as before."""
+    torch.manual_seed(3)
+    x, w, b = torch.randn(118, 96), torch.randn(200, 96) * 0.1, torch.randn(200)
+    with gemm.backend("onednn"):
+        two_pass = F.gelu(gemm.linear(x, w, b), approximate=approximate)
+        assert torch.equal(gemm.linear_gelu(x, w, b, approximate), two_pass)  # gradients enabled
+        calls = []
+        gelu = F.gelu
+        monkeypatch.setattr(F, "gelu", lambda *a, **k: calls.append(1) or gelu(*a, **k))
+        with torch.inference_mode():
+            fused = gemm.linear_gelu(x, w, b, approximate)
+    assert calls == []
+    torch.testing.assert_close(fused, two_pass, rtol=1e-6, atol=1e-6)
