@@ -330,9 +330,13 @@ class BertIntermediate(nn.Module):
         self.gelu_approximate = GELU_APPROXIMATE.get(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gelu_approximate is not None:
-            return linear_gelu(x, self.dense.weight, self.dense.bias, self.gelu_approximate)  # [T, I]
-        return self.intermediate_act_fn(self.dense(x))  # [T, I]
+        dense = self.dense
+        if (self.gelu_approximate is not None and not torch.is_grad_enabled() and type(dense) is Linear
+                and not (dense._forward_hooks or dense._forward_pre_hooks)):
+            # inference: GELU inside the product where the backend can (gemm.linear_gelu); a
+            # replaced or hooked dense module is always called as a module
+            return linear_gelu(x, dense.weight, dense.bias, self.gelu_approximate)  # [T, I]
+        return self.intermediate_act_fn(dense(x))  # [T, I]
 
 
 class BertOutput(nn.Module):

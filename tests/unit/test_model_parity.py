@@ -379,3 +379,28 @@ def test_inference_builds_no_fused_weight_and_agrees_with_the_training_path(batc
     with torch.no_grad():
         model(ids, tt, mask)
     assert built
+
+
+@pytest.mark.parametrize("mode", ["bf16 autocast", "inference", "inference, hooked"])
+def test_the_intermediate_product_is_the_dense_modules_outside_the_inference_fast_path(batch, mode):
+    """BertIntermediate calls its ``dense`` module (forward hooks fire, autocast applies) except in
+    unhooked inference, where the GELU may run inside the product; a hook on the module turns
+    that off, and the result is the same to float rounding."""
+    torch.manual_seed(6)
+    model = BertForSequenceClassification(tiny_config()).eval()
+    ids, tt, mask = batch
+    with torch.inference_mode():
+        plain = model(ids, tt, mask)
+    dense = model.bert.encoder.layer[0].intermediate.dense
+    seen = []
+    if mode != "inference":
+        dense.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    if mode == "bf16 autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(ids, tt, mask)
+        assert seen == [torch.bfloat16]
+        return
+    with torch.inference_mode():
+        out = model(ids, tt, mask)
+    assert seen == ([torch.float32] if mode == "inference, hooked" else [])
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
