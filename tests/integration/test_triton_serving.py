@@ -16,6 +16,7 @@ test target does it). Without it the module is skipped with that reason.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -99,16 +100,30 @@ def test_served_answers_equal_inprocess_inference(setup, protocol, batch_size, c
     assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms and stats.sequences_per_s > 0
 
 
+def _settled_counts(client) -> tuple[dict, int, int]:
+    """The model's statistics once they stop changing: Triton records a request's statistics
+    after its response is sent, so a read right after the last response can miss it (a count
+    that is still zero is left out of the reply)."""
+    last = None
+    for _ in range(50):
+        stats = client.statistics()["model_stats"][0]
+        counts = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+        if counts == last:
+            return stats, *counts
+        last = counts
+        time.sleep(0.2)
+    raise AssertionError(f"Triton's statistics kept changing for 10 s: {counts}")
+
+
 def test_dynamic_batching_merges_concurrent_requests(setup):
     """Requests of one window each, sent 4 at a time, run in batches of more than one."""
     srv = setup["server"]
     with TritonQAClient(srv.grpc_url, MODEL, "grpc", headers=srv.headers) as c:
-        before = c.statistics()["model_stats"][0]
+        _, inferences0, executions0 = _settled_counts(c)
         _, stats = run_squad(srv.grpc_url, MODEL, setup["examples"], setup["tokenizer"], protocol="grpc",
                              batch_size=1, concurrency=4, **WINDOWS)
-        after = c.statistics()["model_stats"][0]
-    inferences = int(after["inference_count"]) - int(before["inference_count"])
-    executions = int(after["execution_count"]) - int(before["execution_count"])
+        after, inferences1, executions1 = _settled_counts(c)
+    inferences, executions = inferences1 - inferences0, executions1 - executions0
     assert inferences == stats.sequences  # every window was one inference
     assert executions < inferences, "no request was merged with another"
     assert any(int(b["batch_size"]) > 1 for b in after["batch_stats"])
