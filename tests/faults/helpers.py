@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from bertforge.runlog import read_dllogger
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 INJECT = "tests/faults/inject.py"
@@ -147,14 +149,9 @@ def numerics_changes(a: Path, b: Path) -> str:
 def step_losses(run_dir: Path) -> dict[int, float]:
     """Each step's logged loss in ``run_dir``'s dllogger.json (a resumed run appends to it:
     the last line of a step counts)."""
-    out = {}
     log = run_dir / "dllogger.json"
-    for line in (log.read_text().splitlines() if log.exists() else []):
-        rec = json.loads(line.removeprefix("DLLL "))
-        step, data = rec.get("step"), rec.get("data", {})
-        if isinstance(step, list) and len(step) == 2 and "step_loss" in data:
-            out[int(step[1])] = data["step_loss"]
-    return out
+    return {int(rec["step"][1]): rec["data"]["step_loss"] for rec in (read_dllogger(log) if log.exists() else [])
+            if isinstance(rec.get("step"), list) and len(rec["step"]) == 2 and "step_loss" in rec.get("data", {})}
 
 
 def first_divergence(a: Path, b: Path) -> str:
