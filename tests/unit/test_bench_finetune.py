@@ -29,20 +29,26 @@ def test_tiny_run_reports_both_ratios_for_every_case(tmp_path, real_data):
     out, md = tmp_path / "r.json", tmp_path / "b.md"
     md.write_text("# Benchmarks\n\nbefore\n")
     bf.main(["--cases", "sst2-minilm,squad-minilm", "--model", "tiny", "--qa_model", "tiny", "--batch_size", "4",
-             "--eval_batch_size", "4", "--repeats", "2", "--eval_repeats", "2", "--qa_repeats", "1", "--warmup", "1",
+             "--eval_batch_size", "4", "--repeats", "2", "--eval_repeats", "2", "--eval_rounds", "2", "--qa_repeats", "1",
+             "--warmup", "1",
              "--limit", "24", "--json", str(out), "--write", str(md)])
     r = json.loads(out.read_text())
     assert r["device"] == "cpu" and r["precision"] == "fp32" and r["commit"]
     assert [c["case"] for c in r["cases"]] == ["sst2-minilm", "squad-minilm"]
     for case in r["cases"]:
         assert case["model"] == "tiny" and case["batch"] == 4
-        for phase, n in (("train", 2), ("eval", 2)):
+        for phase, n, rounds in (("train", 2, 1), ("eval", 2, 2)):
             p = case[phase]
             for side in bf.SIDES:
-                assert len(p[side]["times"]) == n and all(t > 0 for t in p[side]["times"])
+                assert len(p[side]["times"]) == n * rounds and all(t > 0 for t in p[side]["times"])
+            ours = p["bertforge"]["times"]
             for side in ("hf-same", "hf-padded"):
-                ratios = [h / o for h, o in zip(p[side]["times"], p["bertforge"]["times"], strict=True)]
-                assert p[f"ratio_{side}"]["median"] == pytest.approx(statistics.median(ratios))
+                theirs, q = p[side]["times"], p[f"ratio_{side}"]
+                per_round = [sum(theirs[i:i + n]) / sum(ours[i:i + n]) for i in range(0, n * rounds, n)]
+                assert q["rounds"] == pytest.approx(per_round)
+                assert q["median"] == pytest.approx(statistics.median(per_round))
+                ratios = [h / o for h, o in zip(theirs, ours, strict=True)]
+                assert q["per_batch"]["median"] == pytest.approx(statistics.median(ratios))
         # transformers' padded batches are the example scripts' widths, bertforge's are trimmed
         width = {"sst2": 128, "squad": 384}[case["task"]]
         assert case["train_tokens"]["hf-padded"]["width"] == width > case["train_tokens"]["bertforge"]["width"]
@@ -60,6 +66,7 @@ def test_tiny_run_reports_both_ratios_for_every_case(tmp_path, real_data):
     for row in ("| sst2-minilm (tiny, 2x128) | training step | 4 |", "| sst2-minilm (tiny, 2x128) | evaluation | 4 |",
                 "| squad-minilm (tiny, 2x128) | training step |", "| squad-minilm (tiny, 2x128) | evaluation |"):
         assert row in section, row
+    assert "(rounds " in section and "per batch " in section  # evaluation: the spread over rounds and batches
     assert section.count("**") >= 2 * 2 * 4 + 2 * 2 * 2  # product and kernel ratio of every row
     assert "Peak RSS" in section and "QA inference (tiny" in section
     # every goal of the issue, judged from the figures of this run
