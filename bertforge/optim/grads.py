@@ -16,6 +16,7 @@ __all__ = ["global_grad_norm", "densify_sparse_grads", "sum_of_squares", "clip_t
            "check_clipping"]
 
 _HALF = (torch.float16, torch.bfloat16)
+_ALIGN = 64  # bytes: PyTorch's CPU allocator aligns every new tensor to this
 
 
 def _blas_ok(t: torch.Tensor) -> bool:
@@ -27,6 +28,11 @@ def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
     (faster than ``vector_norm`` on the CPU); others through the norm, in fp32 for 16-bit ones."""
     if _blas_ok(t):
         flat = t.view(-1)
+        if flat.data_ptr() % _ALIGN:
+            # BLAS dot sums in an order that depends on where the vector lies (MKL: the address
+            # mod 16 bytes), and a gradient can be a view at any offset of a DDP bucket: an
+            # aligned copy makes the sum depend on the values only
+            flat = flat.clone()
         return torch.dot(flat, flat)
     return torch.linalg.vector_norm(t, dtype=torch.float32 if t.dtype in _HALF else None).square()
 

@@ -157,3 +157,33 @@ def test_global_grad_norm_matches_the_plain_norm_and_keeps_overflow_visible(kind
     assert global_grad_norm(grads).isinf()
     grads[1][3] = float("nan")
     assert global_grad_norm(grads).isnan()
+
+
+def test_the_norms_do_not_depend_on_where_a_gradient_lies_in_memory():
+    """The same values at every 4-byte offset of a buffer (as gradients lie in a DDP bucket) give
+    bit for bit the same sum of squares and global norm; BLAS dot alone does not (MKL sums a
+    vector whose address is 4 mod 16 bytes in another order)."""
+    from bertforge.optim.grads import sum_of_squares
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every rank of the fault tests runs (OMP_NUM_THREADS=1)
+    try:
+        _norms_at_every_offset(sum_of_squares)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _norms_at_every_offset(sum_of_squares):
+    torch.manual_seed(0)
+    x = torch.randn(65536)
+    aligned = sum_of_squares(x)
+    norm = global_grad_norm([x, x[:1000].clone()])
+    for off in range(16):
+        buf = torch.empty(x.numel() + 1000 + 16)
+        v = buf[off:off + x.numel()]
+        v.copy_(x)
+        w = buf[off + x.numel():off + x.numel() + 1000]
+        w.copy_(x[:1000])
+        assert v.data_ptr() % 4 == 0 and (off == 0 or v.data_ptr() % 64 != 0)
+        assert torch.equal(sum_of_squares(v), aligned), off
+        assert torch.equal(global_grad_norm([v, w]), norm), off
